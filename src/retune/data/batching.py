@@ -1,0 +1,39 @@
+"""Batches: a seeded order per epoch, optional grouping by length, and padding collation."""
+
+from __future__ import annotations
+
+import torch
+
+from retune.data.templates import Encoded
+
+
+def epoch_order(n: int, seed: int, epoch: int) -> list[int]:
+    """The same permutation for the same (seed, epoch): what makes resume exact."""
+    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=g).tolist()
+
+
+def batch_indices(lengths: list[int], batch_size: int, seed: int, epoch: int, group_by_length: bool = True) -> list[list[int]]:
+    order = epoch_order(len(lengths), seed, epoch)
+    if group_by_length:
+        # Sort inside windows of 32 batches: little padding, yet batches still differ between epochs.
+        window = batch_size * 32
+        order = [i for s in range(0, len(order), window) for i in sorted(order[s : s + window], key=lambda j: -lengths[j])]
+    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    if group_by_length:  # shuffle the batches so long ones are not always first in a window
+        perm = epoch_order(len(batches), seed + 1, epoch)
+        batches = [batches[p] for p in perm]
+    return batches
+
+
+def collate(examples: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for row, e in enumerate(examples):  # right padding: positions stay 0..n-1 for every example
+        n = len(e.input_ids)
+        ids[row, :n] = torch.tensor(e.input_ids)
+        labels[row, :n] = torch.tensor(e.labels)
+        mask[row, :n] = 1
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}

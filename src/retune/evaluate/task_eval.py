@@ -1,0 +1,59 @@
+"""Score a model on a task: the task metric on the test set, plus validation loss and perplexity.
+
+The same prompts and the same scoring are used for the base model and the tuned one, so the two
+numbers can be compared directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from retune.config import EvalConfig
+from retune.data.dataset import TaskData
+from retune.data.templates import Encoded, Formatter
+from retune.evaluate import metrics, scoring
+
+
+@dataclass
+class Predictions:
+    prompts: list[str]
+    predictions: list[str]
+    references: list[str]
+
+
+def scoring_mode(task: TaskData, ev: EvalConfig) -> str:
+    if ev.scoring != "auto":
+        return ev.scoring
+    return "likelihood" if task.labels else "generate"
+
+
+def predict(model: Any, tok: Any, fmt: Formatter, task: TaskData, records: list[dict], ev: EvalConfig, autocast: Any) -> Predictions:
+    pairs = [fmt.record_prompt(task.template, r) for r in records]
+    prompts, refs = [p for p, _ in pairs], [r for _, r in pairs]
+    if scoring_mode(task, ev) == "likelihood":
+        if not task.labels:
+            raise ValueError("likelihood scoring needs data.labels")
+        # each label encoded exactly as a training response would be (chat suffix and all)
+        label_ids = [_resp_ids(fmt, label) for label in task.labels]
+        prompt_ids = [fmt.prompt_ids(p) for p in prompts]
+        ll = scoring.label_loglik(model, prompt_ids, label_ids, tok.pad_token_id, ev.batch_size, autocast)
+        preds = [task.labels[i] for i in ll.argmax(dim=1).tolist()]
+    else:
+        preds = scoring.generate(model, tok, prompts, ev.max_new_tokens, ev.batch_size, autocast, add_special_tokens=not fmt.chat)
+    return Predictions(prompts, preds, refs)
+
+
+def _resp_ids(fmt: Formatter, label: str) -> list[int]:
+    # The label's own tokens, without the end-of-turn marker that follows it in training: the marker's
+    # probability after each label would add a bias that has nothing to do with the review.
+    return fmt.tok(label, add_special_tokens=False).input_ids
+
+
+def evaluate_task(
+    model: Any, tok: Any, fmt: Formatter, task: TaskData, val_examples: list[Encoded], ev: EvalConfig, autocast: Any
+) -> dict[str, float]:
+    pred = predict(model, tok, fmt, task, task.test, ev, autocast)
+    score = metrics.METRICS[task.metric](pred.predictions, pred.references)
+    nll = scoring.mean_nll(model, val_examples, tok.pad_token_id, ev.batch_size, autocast)
+    return {task.metric: score, "val_loss": nll, "perplexity": metrics.perplexity(nll), "n_test": len(task.test)}

@@ -1,0 +1,190 @@
+"""Load a base model (full precision, bf16, or quantised by bitsandbytes) and put a peft adapter on it."""
+
+from __future__ import annotations
+
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+
+from retune.config import AdapterConfig, ModelConfig, RetuneConfig
+from retune.errors import UsageError
+from retune.models.resolve import resolve_base
+
+# peft methods reachable by name (adapter.type) besides the first-class ones; checked against peft at load.
+PEFT_METHODS = {
+    "lora",
+    "dora",
+    "qlora",
+    "ia3",
+    "prefix_tuning",
+    "prompt_tuning",
+    "p_tuning",
+    "loha",
+    "lokr",
+    "adalora",
+    "boft",
+    "oft",
+    "vera",
+    "fourierft",
+    "hra",
+    "ln_tuning",
+    "bone",
+    "randlora",
+}
+
+
+@functools.cache
+def bf16_fast() -> bool:
+    """True where bf16 matmuls are fast: AMX / AVX512-BF16 CPUs, or a CUDA GPU that supports bf16."""
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
+def compute_dtype(precision: str) -> torch.dtype:
+    if precision == "bf16" or (precision == "auto" and bf16_fast()):
+        return torch.bfloat16
+    return torch.float32
+
+
+def load_tokenizer(path: str, model: ModelConfig | None = None) -> Any:
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(
+            path, revision=model.revision if model else None, trust_remote_code=bool(model and model.trust_remote_code)
+        )
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot load a tokenizer from {path}: {str(e).splitlines()[0]}") from None
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _quantization(adapter: AdapterConfig) -> Any:
+    if adapter.quantization == "none":
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if adapter.quantization == "int8":  # LLM.int8 (Dettmers et al. 2022)
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=adapter.quantization,
+        bnb_4bit_use_double_quant=adapter.double_quant,
+        bnb_4bit_compute_dtype=torch.bfloat16 if adapter.compute_dtype == "bf16" else torch.float32,
+    )
+
+
+def load_base(cfg: RetuneConfig, path: str | None = None, trainable_full: bool = False) -> Any:
+    """The base model. Frozen weights in bf16 where that is fast; fp32 when every weight is trained."""
+    from transformers import AutoModelForCausalLM
+
+    path = path or resolve_base(cfg.model.base)
+    if cfg.model.dtype == "fp32" or trainable_full:
+        dtype = torch.float32  # full fine-tuning keeps fp32 master weights; autocast gives bf16 matmuls
+    elif cfg.model.dtype == "bf16" or bf16_fast():
+        dtype = torch.bfloat16
+    else:
+        dtype = torch.float32
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            path,
+            dtype=dtype,
+            quantization_config=_quantization(cfg.adapter),
+            revision=cfg.model.revision,
+            trust_remote_code=cfg.model.trust_remote_code,
+        )
+    except (OSError, ValueError, RuntimeError, json.JSONDecodeError, SafetensorError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UsageError(f"cannot load model '{cfg.model.base}' from {path}: {first} (corrupt or incomplete checkpoint?)") from None
+    if model.generation_config.pad_token_id is None:
+        model.generation_config.pad_token_id = model.config.eos_token_id
+    return model
+
+
+def peft_config(adapter: AdapterConfig, task_type: str = "CAUSAL_LM") -> Any:
+    import peft
+
+    kind = adapter.type
+    common: dict[str, Any] = {"task_type": task_type, **adapter.options}
+    if kind in ("lora", "qlora", "dora"):
+        return peft.LoraConfig(
+            r=adapter.r,
+            lora_alpha=adapter.alpha,
+            lora_dropout=adapter.dropout,
+            target_modules=adapter.target_modules,
+            bias=adapter.bias,
+            use_dora=kind == "dora",
+            **common,
+        )
+    if kind == "ia3":
+        if "target_modules" in adapter.model_fields_set:  # else peft's per-architecture defaults
+            common.setdefault("target_modules", adapter.target_modules)
+        return peft.IA3Config(**common)
+    if kind in ("prefix_tuning", "prompt_tuning", "p_tuning"):
+        cls = {"prefix_tuning": peft.PrefixTuningConfig, "prompt_tuning": peft.PromptTuningConfig, "p_tuning": peft.PromptEncoderConfig}[
+            kind
+        ]
+        return cls(num_virtual_tokens=adapter.num_virtual_tokens, **common)
+    mapping = peft.mapping.PEFT_TYPE_TO_CONFIG_MAPPING
+    key = kind.upper()
+    if key not in mapping:
+        raise UsageError(f"adapter.type '{kind}' is not a peft method (known: full, {', '.join(sorted(m.lower() for m in mapping))})")
+    if "target_modules" in adapter.model_fields_set:
+        common.setdefault("target_modules", adapter.target_modules)
+    try:
+        return mapping[key](**common)
+    except TypeError as e:
+        raise UsageError(f"adapter.options for {kind}: {e}") from None
+
+
+def attach_adapter(model: Any, adapter: AdapterConfig) -> Any:
+    """Wrap the base with a fresh peft adapter; the base stays frozen."""
+    import peft
+
+    if adapter.quantization != "none":
+        # casts norms to fp32 and lets gradients flow into the input embeddings' outputs
+        model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    try:
+        return peft.get_peft_model(model, peft_config(adapter))
+    except ValueError as e:
+        raise UsageError(f"adapter: {str(e).splitlines()[0]} (check adapter.target_modules)") from None
+
+
+def load_for_training(cfg: RetuneConfig, path: str | None = None) -> Any:
+    full = cfg.adapter.type == "full"
+    model = load_base(cfg, path, trainable_full=full)
+    if full:
+        model.requires_grad_(True)
+        return model
+    return attach_adapter(model, cfg.adapter)
+
+
+def load_trained(run_dir: Path, cfg: RetuneConfig) -> Any:
+    """The tuned model from a run directory: base + adapter/, or model/ for full fine-tuning."""
+    if (run_dir / "model" / "config.json").exists():
+        return load_base(cfg, str(run_dir / "model"))
+    if (run_dir / "adapter").exists():
+        import peft
+
+        base = load_base(cfg)
+        try:
+            return peft.PeftModel.from_pretrained(base, run_dir / "adapter")
+        except (OSError, ValueError, RuntimeError, SafetensorError) as e:
+            raise UsageError(f"{run_dir}/adapter is corrupt or does not match the base model: {str(e).splitlines()[0]}") from None
+    raise UsageError(f"{run_dir} holds no trained model (no model/ or adapter/); did the run finish? try retune train --resume {run_dir}")
+
+
+def count_params(model: Any) -> tuple[int, int]:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return trainable, total

@@ -1,0 +1,289 @@
+"""The train recipe: base score -> fine-tune -> tuned score -> save, all into one run directory.
+
+Run directory (DESIGN.md contract): config.yaml, metrics.jsonl, summary.json, adapter/ or model/,
+tokenizer/, loss.png, checkpoints/.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from retune.config import RetuneConfig, load_config, to_yaml
+from retune.data.dataset import TaskData, encode_records, load_task
+from retune.data.templates import Encoded, Formatter
+from retune.errors import UsageError
+from retune.evaluate.report import LiveProgress, console, plot_loss, print_scores
+from retune.evaluate.task_eval import evaluate_task, scoring_mode
+from retune.io import append_jsonl, replace_dir, staging_dir, write_json, write_text
+from retune.models.load import attach_adapter, compute_dtype, count_params, load_base, load_tokenizer, load_trained
+from retune.models.resolve import resolve_base
+from retune.train.checkpoint import LoopState
+from retune.train.loop import LoopIO, fit
+
+
+@dataclass
+class Prepared:
+    cfg: RetuneConfig
+    tok: Any
+    fmt: Formatter
+    task: TaskData
+    train: list[Encoded]
+    val: list[Encoded]
+
+
+def setup_torch(cfg: RetuneConfig) -> None:
+    threads = cfg.trainer.threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+
+
+def make_accelerator(cfg: RetuneConfig, run_dir: Path | None = None) -> Any:
+    from accelerate import Accelerator
+
+    mp = "bf16" if compute_dtype(cfg.trainer.precision) == torch.bfloat16 else "no"
+    log_with = None if cfg.trainer.logger == "none" else cfg.trainer.logger
+    if log_with == "mlflow":
+        import importlib.util
+
+        if importlib.util.find_spec("mlflow") is None:
+            raise UsageError("trainer.logger=mlflow needs the mlflow package: pip install mlflow (or use tensorboard)")
+    return Accelerator(mixed_precision=mp, log_with=log_with, project_dir=str(run_dir) if run_dir else None)
+
+
+def prepare_data(cfg: RetuneConfig, model_path: str) -> Prepared:
+    tok = load_tokenizer(model_path, cfg.model)
+    task = load_task(cfg.data, cfg.eval)
+    fmt = Formatter(tok, cfg.data)
+    train = encode_records(fmt, task.template, task.train, f"{task.name} train")
+    val = encode_records(fmt, task.template, task.validation, f"{task.name} validation")
+    if fmt.cut_responses:
+        console.print(f"[yellow]warning: {fmt.cut_responses} responses were longer than data.max_length={cfg.data.max_length} and were cut")
+    return Prepared(cfg, tok, fmt, task, train, val)
+
+
+def new_run_dir(cfg: RetuneConfig) -> Path:
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
+    run_dir = Path(cfg.output.dir) / f"{cfg.output.name or 'run'}-{stamp}"
+    n = 1
+    while run_dir.exists():
+        n += 1
+        run_dir = Path(cfg.output.dir) / f"{cfg.output.name or 'run'}-{stamp}-{n}"
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def train(config_path: str | None, overrides: list[str] | None = None, resume: str | None = None) -> tuple[Path, dict]:
+    t_start = time.perf_counter()
+    if resume:
+        run_dir = Path(resume)
+        if not (run_dir / "config.yaml").exists():
+            raise UsageError(f"--resume {run_dir}: not a run directory (no config.yaml)")
+        cfg = load_config(run_dir / "config.yaml", overrides)
+    else:
+        if config_path is None:
+            raise UsageError("give a config file (retune train CONFIG) or --resume RUN_DIR")
+        cfg = load_config(config_path, overrides)
+        run_dir = None
+    setup_torch(cfg)
+
+    from transformers import set_seed
+
+    set_seed(cfg.trainer.seed)
+    # Everything that can fail on bad input (model, data, template) is checked before the run
+    # directory exists, so a rejected config leaves nothing behind.
+    model_path = resolve_base(cfg.model.base)
+    prep = prepare_data(cfg, model_path)
+    full = cfg.adapter.type == "full"
+    model = load_base(cfg, model_path, trainable_full=full)
+    if run_dir is None:
+        run_dir = new_run_dir(cfg)
+        write_text(run_dir / "config.yaml", to_yaml(cfg))
+    console.print(f"run directory: {run_dir}")
+    accelerator = make_accelerator(cfg, run_dir)
+    if cfg.trainer.logger != "none":
+        accelerator.init_trackers(run_dir.name, config=cfg.model_dump(mode="json"))
+    autocast = accelerator.autocast
+
+    # Score the base model before any adapter is attached (prefix/prompt tuning are not identity at init).
+    base_file = run_dir / "base_scores.json"
+    base_scores: dict[str, dict[str, float]] | None = None
+    if base_file.exists():
+        import json
+
+        base_scores = json.loads(base_file.read_text())
+    elif cfg.eval.before:
+        console.print(
+            f"scoring the base model on {prep.task.name} ({len(prep.task.test)} test examples, {scoring_mode(prep.task, cfg.eval)})"
+        )
+        base_scores = {prep.task.name: evaluate_task(model, prep.tok, prep.fmt, prep.task, prep.val, cfg.eval, autocast)}
+        write_json(base_file, base_scores)
+
+    set_seed(cfg.trainer.seed)  # adapter init does not depend on whether the base was scored
+    if full:
+        model.requires_grad_(True)
+    else:
+        model = attach_adapter(model, cfg.adapter)
+    trainable, total = count_params(model)
+    console.print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+
+    metrics_path = run_dir / "metrics.jsonl"
+
+    def log(row: dict) -> None:
+        append_jsonl(metrics_path, {"time": round(time.time(), 3), **row})
+        numeric = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
+        if cfg.trainer.logger != "none" and numeric:
+            accelerator.log(numeric, step=row.get("step"))
+
+    io = LoopIO(ckpt_dir=run_dir / "checkpoints", log=log, progress=LiveProgress())
+    io.ckpt_dir.mkdir(exist_ok=True)
+    summary: dict[str, Any] = {"status": "running", "run_dir": str(run_dir), "task": prep.task.name, "metric": prep.task.metric}
+    try:
+        state = fit(model, prep.train, prep.val, cfg.trainer, prep.tok.pad_token_id, accelerator, io, resume=bool(resume))
+    except KeyboardInterrupt:
+        summary["status"] = f"interrupted; resume with: retune train --resume {run_dir}"
+        write_json(run_dir / "summary.json", summary)
+        raise
+    model = accelerator.unwrap_model(model)
+
+    console.print(f"scoring the tuned model on {prep.task.name}")
+    final = {prep.task.name: evaluate_task(model, prep.tok, prep.fmt, prep.task, prep.val, cfg.eval, autocast)}
+    if cfg.output.save_model:
+        save_model(model, prep.tok, run_dir, full)
+    if metrics_path.exists():
+        plot_loss(metrics_path, run_dir / "loss.png")
+    summary.update(
+        status="completed",
+        scoring=scoring_mode(prep.task, cfg.eval),
+        base=base_scores or {},
+        final=final,
+        retention={},
+        train=train_stats(state, trainable, total, t_start),
+    )
+    write_json(run_dir / "summary.json", summary)
+    if cfg.trainer.logger != "none":
+        accelerator.end_training()
+    print_scores(f"{prep.task.name}: base vs tuned ({summary['scoring']} scoring)", base_scores, final)
+    return run_dir, summary
+
+
+def train_stats(state: LoopState, trainable: int, total: int, t_start: float) -> dict[str, Any]:
+    return {
+        "steps": state.step,
+        "epochs_started": state.epoch + (1 if state.batch_in_epoch else 0),
+        "tokens": state.tokens,
+        "tokens_per_second": state.tokens / max(state.train_seconds, 1e-9),
+        "train_seconds": state.train_seconds,
+        "wall_seconds": time.perf_counter() - t_start,
+        "peak_memory_mb": peak_rss_mb(),
+        "trainable_params": trainable,
+        "total_params": total,
+        "best_step": state.best_step,
+        "best_val_loss": state.best_val,
+        "stopped_early": state.stopped_early,
+    }
+
+
+def save_model(model: Any, tok: Any, run_dir: Path, full: bool) -> None:
+    """adapter/ (peft format) or model/ (HF format, fp32 master weights), plus tokenizer/, atomically."""
+    name = "model" if full else "adapter"
+    tmp = staging_dir(run_dir / name)
+    model.save_pretrained(tmp, safe_serialization=True)
+    if full:
+        tok.save_pretrained(tmp)  # a full model folder loads with plain transformers on its own
+    replace_dir(tmp, run_dir / name)
+    tmp = staging_dir(run_dir / "tokenizer")
+    tok.save_pretrained(tmp)
+    replace_dir(tmp, run_dir / "tokenizer")
+
+
+# ------------------------------------------------------------------ eval / predict / generate
+
+
+def is_run_dir(path: str | Path) -> bool:
+    p = Path(path)
+    return p.is_dir() and (p / "config.yaml").exists()
+
+
+def load_run(run_dir: Path, overrides: list[str] | None = None) -> tuple[RetuneConfig, Any, Any]:
+    cfg = load_config(run_dir / "config.yaml", overrides)
+    setup_torch(cfg)
+    model = load_trained(run_dir, cfg)
+    tok_dir = run_dir / "tokenizer" if (run_dir / "tokenizer").exists() else resolve_base(cfg.model.base)
+    return cfg, model, load_tokenizer(str(tok_dir), cfg.model)
+
+
+def evaluate(target: str, overrides: list[str] | None = None) -> dict:
+    """Re-score a run directory's tuned model, or a config's base model, on the config's task."""
+    if is_run_dir(target):
+        cfg, model, tok = load_run(Path(target), overrides)
+    else:
+        cfg = load_config(target, overrides)
+        setup_torch(cfg)
+        model_path = resolve_base(cfg.model.base)
+        model, tok = load_base(cfg, model_path), load_tokenizer(model_path, cfg.model)
+    task = load_task(cfg.data, cfg.eval)
+    fmt = Formatter(tok, cfg.data)
+    val = encode_records(fmt, task.template, task.validation, f"{task.name} validation")
+    autocast = make_accelerator(cfg).autocast
+    scores = {task.name: evaluate_task(model, tok, fmt, task, val, cfg.eval, autocast)}
+    if is_run_dir(target):
+        write_json(Path(target) / "eval.json", scores)
+    print_scores(f"{task.name} ({scoring_mode(task, cfg.eval)} scoring)", None, scores)
+    return scores
+
+
+def predict(run_dir: str, input_path: str, output_path: str | None) -> list[dict]:
+    from retune.data.readers import read_records
+    from retune.data.templates import check_fields
+    from retune.evaluate.task_eval import predict as predict_task
+
+    if not is_run_dir(run_dir):
+        raise UsageError(f"{run_dir} is not a run directory (no config.yaml)")
+    cfg, model, tok = load_run(Path(run_dir))
+    task = load_task(cfg.data, cfg.eval)
+    records = read_records(input_path)
+    response_fields = set(_fields(task.template.response))
+    # unseen data has no answers: fill response fields with "" so the prompt renders
+    rows = [{**{f: "" for f in response_fields}, **r} for r in records]
+    check_fields(task.template, rows, input_path)
+    fmt = Formatter(tok, cfg.data)
+    pred = predict_task(model, tok, fmt, task, rows, cfg.eval, make_accelerator(cfg).autocast)
+    out = [{**r, "prediction": p} for r, p in zip(records, pred.predictions, strict=True)]
+    if output_path:
+        import json
+
+        write_text(output_path, "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in out))
+    return out
+
+
+def _fields(text: str) -> list[str]:
+    from retune.data.templates import template_fields
+
+    return template_fields(text)
+
+
+def generate_text(run_dir: str, prompt: str, max_new_tokens: int = 128, temperature: float = 0.0) -> str:
+    from retune.evaluate.scoring import generate
+
+    if is_run_dir(run_dir):
+        cfg, model, tok = load_run(Path(run_dir))
+    else:  # a model name or folder: generate from the base
+        cfg = RetuneConfig.model_validate({"model": {"base": run_dir}})
+        path = resolve_base(cfg.model.base)
+        model, tok = load_base(cfg, path), load_tokenizer(path, cfg.model)
+    fmt = Formatter(tok, cfg.data)
+    kwargs = {"do_sample": True, "temperature": temperature} if temperature > 0 else {}
+    return generate(
+        model, tok, [fmt.prompt_text(prompt)], max_new_tokens, 1, make_accelerator(cfg).autocast, add_special_tokens=not fmt.chat, **kwargs
+    )[0]

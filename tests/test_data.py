@@ -1,0 +1,119 @@
+import json
+
+import pandas as pd
+import pytest
+
+from conftest import make_reviews, write_jsonl
+from retune.config import DataConfig, EvalConfig, TemplateConfig
+from retune.data.batching import batch_indices, collate
+from retune.data.dataset import load_task
+from retune.data.readers import read_records
+from retune.data.templates import Formatter, check_fields
+from retune.errors import UsageError
+from retune.models.load import load_tokenizer
+
+
+@pytest.fixture(scope="module")
+def tok(tiny_model):
+    return load_tokenizer(str(tiny_model))
+
+
+def test_readers_agree_across_formats(tmp_path):
+    rows = make_reviews(5)
+    write_jsonl(tmp_path / "d.jsonl", rows)
+    (tmp_path / "d.json").write_text(json.dumps(rows))
+    pd.DataFrame(rows).to_csv(tmp_path / "d.csv", index=False)
+    pd.DataFrame(rows).to_parquet(tmp_path / "d.parquet")
+    import datasets
+
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "hf"))
+    for name in ("d.jsonl", "d.json", "d.csv", "d.parquet", "hf"):
+        assert read_records(tmp_path / name) == rows, name
+
+
+def test_malformed_jsonl_names_the_line(tmp_path):
+    p = tmp_path / "bad.jsonl"
+    p.write_text('{"text": "a", "label": "positive"}\n{"text": "b", "label": \n')
+    with pytest.raises(UsageError, match=r"bad.jsonl:2: malformed JSON line"):
+        read_records(p)
+
+
+def test_missing_and_empty_files(tmp_path):
+    with pytest.raises(UsageError, match="data file not found"):
+        read_records(tmp_path / "nope.jsonl")
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(UsageError, match="empty"):
+        read_records(tmp_path / "empty.jsonl")
+
+
+def test_template_field_not_in_data_lists_columns():
+    with pytest.raises(UsageError, match=r"\{review\}.*available columns: label, text"):
+        check_fields(TemplateConfig(prompt="{review}", response="{label}"), make_reviews(2), "x.jsonl")
+
+
+def test_loss_only_on_response_by_default(tok):
+    fmt = Formatter(tok, DataConfig(max_length=64))
+    enc = fmt.encode("Review: great film", "positive")
+    response = [t for t in enc.labels if t != -100]
+    assert tok.decode(response).startswith("positive<|im_end|>")
+    assert enc.labels[: enc.prompt_len] == [-100] * enc.prompt_len
+    assert tok.decode(enc.input_ids[: enc.prompt_len]).endswith("<|im_start|>assistant\n")
+    all_tokens = Formatter(tok, DataConfig(max_length=64, train_on_prompt=True)).encode("Review: great film", "positive")
+    assert -100 not in all_tokens.labels
+
+
+def test_truncation_keeps_the_response(tok):
+    fmt = Formatter(tok, DataConfig(max_length=16))
+    enc = fmt.encode("great " * 50, "positive")
+    assert len(enc.input_ids) == 16
+    assert tok.decode([t for t in enc.labels if t != -100]).startswith("positive")
+
+
+def test_response_longer_than_limit_is_an_error_or_cut(tok):
+    with pytest.raises(UsageError, match="truncation would drop it"):
+        Formatter(tok, DataConfig(max_length=8)).encode("hi", "great " * 20, where="train record 3")
+    fmt = Formatter(tok, DataConfig(max_length=8, truncate_response=True))
+    enc = fmt.encode("hi", "great " * 20)
+    assert len(enc.input_ids) == 8 and fmt.cut_responses == 1
+
+
+def test_plain_format_appends_eos(tok):
+    fmt = Formatter(tok, DataConfig(format="plain", max_length=64))
+    enc = fmt.encode("Review: great\nSentiment:", " positive")
+    assert enc.input_ids[-1] == tok.eos_token_id
+
+
+def test_validation_split_is_deterministic_and_disjoint(tmp_path):
+    p = write_jsonl(tmp_path / "t.jsonl", [{"text": f"t{i}", "label": "positive"} for i in range(50)])
+    data = DataConfig(train=str(p), template=TemplateConfig(prompt="{text}", response="{label}"), validation_split=0.2)
+    a, b = load_task(data, EvalConfig()), load_task(data, EvalConfig())
+    assert [r["text"] for r in a.validation] == [r["text"] for r in b.validation]
+    assert len(a.validation) == 10 and len(a.train) == 40
+    assert not {r["text"] for r in a.validation} & {r["text"] for r in a.train}
+    assert a.metric == "rouge_l"
+
+
+def test_column_mapping(tmp_path):
+    p = write_jsonl(tmp_path / "t.jsonl", [{"review": "x", "y": "positive"}] * 4)
+    data = DataConfig(train=str(p), columns={"text": "review", "label": "y"}, template=TemplateConfig(prompt="{text}", response="{label}"))
+    assert load_task(data, EvalConfig()).train[0]["text"] == "x"
+    bad = DataConfig(train=str(p), columns={"text": "nope"}, template=TemplateConfig(prompt="{text}", response="{y}"))
+    with pytest.raises(UsageError, match="'nope'.*available columns"):
+        load_task(bad, EvalConfig())
+
+
+def test_batches_cover_each_example_once_per_epoch():
+    lengths = [i % 17 + 1 for i in range(100)]
+    batches = batch_indices(lengths, 8, seed=3, epoch=0)
+    assert sorted(i for b in batches for i in b) == list(range(100))
+    assert batches == batch_indices(lengths, 8, seed=3, epoch=0)
+    assert batches != batch_indices(lengths, 8, seed=3, epoch=1)
+
+
+def test_collate_pads_right_with_masked_labels(tok):
+    fmt = Formatter(tok, DataConfig(max_length=64))
+    a, b = fmt.encode("great", "positive"), fmt.encode("a truly dull film", "negative")
+    batch = collate([a, b], tok.pad_token_id)
+    assert batch["input_ids"].shape[0] == 2
+    short = 0 if len(a.input_ids) < len(b.input_ids) else 1
+    assert batch["labels"][short, -1] == -100 and batch["attention_mask"][short, -1] == 0

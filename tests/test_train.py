@@ -1,0 +1,126 @@
+"""The real recipe on a tiny in-process Llama: adapters, resume, accumulation, determinism."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import retune.run as run_mod
+from conftest import tiny_config
+from helpers import losses, write_config
+from retune.run import train
+
+
+def _train(tmp_path, tiny_model, tiny_data, name="cfg", resume=None, **sections):
+    cfg = tiny_config(tiny_model, tiny_data, tmp_path / "runs", **sections)
+    path = write_config(tmp_path / f"{name}.yaml", cfg)
+    return train(str(path), resume=resume)
+
+
+@pytest.mark.parametrize(
+    "adapter",
+    [
+        {"type": "full"},
+        {"type": "lora"},
+        {"type": "dora"},
+        {"type": "ia3"},
+        {"type": "prompt_tuning", "num_virtual_tokens": 4},
+        {"type": "prefix_tuning", "num_virtual_tokens": 4},
+        {"type": "loha", "target_modules": ["q_proj", "v_proj"]},
+    ],
+    ids=lambda a: a["type"],
+)
+def test_adapters_train_and_write_run_dir(tmp_path, tiny_model, tiny_data, adapter):
+    run_dir, summary = _train(tmp_path, tiny_model, tiny_data, adapter=adapter)
+    assert summary["status"] == "completed"
+    for name in ("config.yaml", "metrics.jsonl", "summary.json", "loss.png", "tokenizer"):
+        assert (run_dir / name).exists(), name
+    assert (run_dir / ("model" if adapter["type"] == "full" else "adapter")).is_dir()
+    on_disk = json.loads((run_dir / "summary.json").read_text())
+    assert set(on_disk["base"]) == set(on_disk["final"]) == {"train"}
+    for key in ("tokens", "tokens_per_second", "peak_memory_mb", "wall_seconds", "trainable_params", "total_params"):
+        assert on_disk["train"][key] > 0, key
+    assert on_disk["train"]["trainable_params"] <= on_disk["train"]["total_params"]
+
+
+def test_qlora_trains_on_a_4bit_base(tmp_path, tiny_model, tiny_data):
+    pytest.importorskip("bitsandbytes")
+    run_dir, summary = _train(tmp_path, tiny_model, tiny_data, adapter={"type": "qlora", "target_modules": ["q_proj", "v_proj"]})
+    assert summary["status"] == "completed"
+    assert (run_dir / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_training_lowers_validation_loss(tmp_path, tiny_model, tiny_data):
+    _, s = _train(tmp_path, tiny_model, tiny_data, trainer={"max_steps": 30, "lr": 3e-2})
+    assert s["final"]["train"]["val_loss"] < s["base"]["train"]["val_loss"]
+
+
+def test_same_seed_same_loss_curve(tmp_path, tiny_model, tiny_data):
+    a, _ = _train(tmp_path, tiny_model, tiny_data, name="a", adapter={"dropout": 0.1})
+    b, _ = _train(tmp_path, tiny_model, tiny_data, name="b", adapter={"dropout": 0.1})
+    assert losses(a) == losses(b)
+
+
+def test_grad_accumulation_1x8_equals_8x1(tmp_path, tiny_model, tiny_data):
+    big, _ = _train(tmp_path, tiny_model, tiny_data, name="big", trainer={"batch_size": 8, "grad_accum": 1, "max_steps": 5})
+    small, _ = _train(tmp_path, tiny_model, tiny_data, name="small", trainer={"batch_size": 1, "grad_accum": 8, "max_steps": 5})
+    lb, ls = losses(big), losses(small)
+    assert lb.keys() == ls.keys()
+    for step in lb:
+        assert lb[step] == pytest.approx(ls[step], abs=1e-5), step
+
+
+class _InterruptAt:
+    """A progress bar that presses Ctrl-C after a given step."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def __call__(self, *a, **k):
+        return self
+
+    def start(self, total, done=0):
+        pass
+
+    def update(self, step, loss):
+        if step == self.at:
+            raise KeyboardInterrupt
+
+    def stop(self):
+        pass
+
+
+def test_resume_equals_uninterrupted(tmp_path, tiny_model, tiny_data, monkeypatch):
+    trainer = {"max_steps": 8, "save_every": 100, "scheduler": "cosine", "warmup_steps": 2}
+    adapter = {"dropout": 0.1}  # dropout draws random numbers: the RNG state must resume too
+    whole, _ = _train(tmp_path, tiny_model, tiny_data, name="whole", trainer=trainer, adapter=adapter)
+
+    monkeypatch.setattr(run_mod, "LiveProgress", _InterruptAt(3))
+    with pytest.raises(KeyboardInterrupt):
+        _train(tmp_path, tiny_model, tiny_data, name="cut", trainer=trainer, adapter=adapter)
+    cut_dir = next(p for p in (tmp_path / "runs").iterdir() if p.name.startswith("tiny") and p != whole)
+    summary = json.loads((cut_dir / "summary.json").read_text())
+    assert summary["status"].startswith("interrupted")
+    assert (cut_dir / "checkpoints" / "step-0000003").is_dir()
+
+    monkeypatch.setattr(run_mod, "LiveProgress", _InterruptAt(-1))
+    resumed, s = train(None, resume=str(cut_dir))
+    assert s["status"] == "completed"
+    lw, lr = losses(whole), losses(resumed)
+    assert set(lr) == set(range(1, 9))
+    for step in range(4, 9):
+        assert lr[step] == pytest.approx(lw[step], abs=1e-5), step
+
+
+def test_early_stopping_and_best_weights(tmp_path, tiny_model, tiny_data):
+    _, s = _train(
+        tmp_path,
+        tiny_model,
+        tiny_data,
+        trainer={"max_steps": 40, "lr": 0.5, "eval_every": 2, "early_stopping_patience": 2},
+    )
+    t = s["train"]
+    assert t["stopped_early"] and t["steps"] < 40
+    # the final weights are the best ones: the final validation loss is the best seen
+    assert s["final"]["train"]["val_loss"] == pytest.approx(t["best_val_loss"], rel=1e-4)
