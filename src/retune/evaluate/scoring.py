@@ -100,10 +100,18 @@ def generate(
     batch_size: int,
     autocast: Any,
     add_special_tokens: bool = False,
+    stop: list[str] | None = None,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
     **gen_kwargs: Any,
 ) -> list[str]:
-    """Greedy (by default) batched generation; returns only the new text of each prompt."""
+    """Greedy (by default; sampling when temperature > 0) batched generation; returns only the new
+    text of each prompt, cut before the first of the `stop` strings."""
     model.eval()
+    if temperature > 0:
+        gen_kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
+    if stop:  # rows stop early inside generate; the cut below is exact whatever the tokenisation
+        gen_kwargs.update(stop_strings=list(stop), tokenizer=tok)
     side = tok.padding_side
     tok.padding_side = "left"  # generation appends on the right: pad on the left
     outs: list[str] = [""] * len(prompts)
@@ -116,7 +124,13 @@ def generate(
             with autocast():
                 ids = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **gen_kwargs)
             for j, i in enumerate(idx):
-                outs[i] = tok.decode(ids[j, enc["input_ids"].shape[1] :], skip_special_tokens=True).strip()
+                outs[i] = cut_at_stop(tok.decode(ids[j, enc["input_ids"].shape[1] :], skip_special_tokens=True), stop).strip()
     finally:
         tok.padding_side = side
     return outs
+
+
+def cut_at_stop(text: str, stop: list[str] | None) -> str:
+    """The text before the earliest stop string (the stop string itself is dropped)."""
+    ends = [i for i in (text.find(s) for s in stop or [] if s) if i >= 0]
+    return text[: min(ends)] if ends else text
