@@ -1,4 +1,4 @@
-"""retune's command line: train | validate | eval | predict | generate | models.
+"""retune's command line: train | validate | eval | predict | generate | models | merge | serve | chat.
 
 Every command turns bad input into one line on stderr and exit code 2 (1 for other failures);
 set RETUNE_DEBUG=1 to see the traceback instead.
@@ -15,7 +15,7 @@ from typing import Annotated, Any
 
 import typer
 
-from retune.errors import RetuneError
+from retune.errors import RetuneError, UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune pretrained language models without forgetting.")
 
@@ -183,6 +183,63 @@ def data_show(
 
         tok = load_tokenizer(resolve_base(model))
     print("\n\n".join(show_examples(name, split, n, tok)))
+
+
+@app.command()
+@command
+def merge(
+    run: Annotated[str, typer.Argument(help="A run directory with adapter/ (or model/)")],
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Output folder (default: RUN/merged, or RUN/adapter-export)")] = None,
+    dtype: Annotated[str, typer.Option(help="auto (the base's serving precision) | bf16 | fp32")] = "auto",
+    adapter_only: Annotated[bool, typer.Option("--adapter-only", help="Export the adapter alone in peft format")] = False,
+) -> None:
+    """Fold the adapter into the base: a standalone Hugging Face checkpoint with no added latency."""
+    _quiet_libraries()
+    from retune.models.merge import export_adapter, merge_run
+
+    if dtype not in ("auto", "bf16", "fp32"):
+        raise UsageError(f"--dtype {dtype}: use auto, bf16 or fp32")
+    print(export_adapter(run, out) if adapter_only else merge_run(run, out, dtype))  # type: ignore[arg-type]
+
+
+@app.command()
+@command
+def serve(
+    base: Annotated[str | None, typer.Option(help="The base model (default: the first adapter's base)")] = None,
+    adapter: Annotated[list[str] | None, typer.Option(help="NAME=RUN_DIR, repeatable: an adapter served as model NAME")] = None,
+    adapter_dir: Annotated[str | None, typer.Option(help="Allow POST /v1/adapters to add runs from this folder, by name")] = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    api_key: Annotated[str | None, typer.Option(envvar="RETUNE_API_KEY", help="Require Authorization: Bearer KEY")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Largest max_tokens a request may ask for")] = 512,
+    max_batch: Annotated[int, typer.Option(help="Requests generated together in one batch")] = 8,
+    max_queue: Annotated[int, typer.Option(help="Waiting requests before 429")] = 128,
+    timeout: Annotated[float, typer.Option(help="Seconds a request may take, queue included")] = 120.0,
+) -> None:
+    """An OpenAI-compatible HTTP API (chat, completions, streaming) over a base and named adapters."""
+    _quiet_libraries()
+    from retune.serve.app import Settings
+    from retune.serve.server import serve as run_server
+
+    if min(max_tokens, max_batch, max_queue) < 1 or timeout <= 0:
+        raise UsageError("--max-tokens, --max-batch, --max-queue and --timeout must be positive")
+    settings = Settings(api_key=api_key, max_tokens=max_tokens, default_max_tokens=min(128, max_tokens), timeout_s=timeout)
+    run_server(base, adapter or [], adapter_dir, host, port, settings, max_batch, max_queue)
+
+
+@app.command()
+@command
+def chat(
+    run: Annotated[str, typer.Argument(help="A run directory, or a model (built-in name, folder, hub id)")],
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    system: Annotated[str | None, typer.Option(help="A system prompt kept at the top of the history")] = None,
+) -> None:
+    """Chat in the terminal with a tuned run; the conversation so far is the context of each reply."""
+    _quiet_libraries()
+    from retune.chat import chat_loop
+
+    chat_loop(run, max_new_tokens=max_new_tokens, temperature=temperature, system=system)
 
 
 def main() -> None:

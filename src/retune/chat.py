@@ -1,0 +1,68 @@
+"""`retune chat RUN`: a terminal chat with history, rendered with the chat template the run was trained with."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+HELP = "commands: /reset clears the history, /exit (or Ctrl-D) quits"
+
+
+def chat_loop(
+    target: str,
+    read: Callable[[str], str] = input,
+    write: Callable[[str], None] = print,
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    system: str | None = None,
+) -> list[dict]:
+    """Read a line, answer it with the whole conversation as context, repeat; returns the history."""
+    from retune.config import RetuneConfig
+    from retune.data.templates import Formatter
+    from retune.evaluate.scoring import generate
+    from retune.models.load import load_base, load_tokenizer
+    from retune.models.resolve import resolve_base
+    from retune.run import is_run_dir, load_run, make_accelerator
+
+    if is_run_dir(target):
+        cfg, model, tok = load_run(Path(target))
+    else:  # a model name or folder: chat with the base
+        cfg = RetuneConfig.model_validate({"model": {"base": target}})
+        path = resolve_base(cfg.model.base)
+        model, tok = load_base(cfg, path), load_tokenizer(path, cfg.model)
+    fmt = Formatter(tok, cfg.data)
+    autocast = make_accelerator(cfg).autocast
+    kwargs = {"do_sample": True, "temperature": temperature} if temperature > 0 else {}
+    start = [{"role": "system", "content": system}] if system else []
+    history = list(start)
+    write(HELP)
+    while True:
+        try:
+            line = read("you> ").strip()
+        except (EOFError, KeyboardInterrupt):
+            write("")
+            return history
+        if not line:
+            continue
+        if line in ("/exit", "/quit"):
+            return history
+        if line == "/reset":
+            history = list(start)
+            write("(history cleared)")
+            continue
+        history.append({"role": "user", "content": line})
+        prompt = _prompt(fmt, history)
+        context = int(getattr(model.config, "max_position_embeddings", 2048))
+        while len(tok(prompt).input_ids) + max_new_tokens > context and len(history) > len(start) + 1:
+            del history[len(start) : len(start) + 2]  # forget the oldest exchange, keep the system prompt
+            prompt = _prompt(fmt, history)
+        reply = generate(model, tok, [prompt], max_new_tokens, 1, autocast, add_special_tokens=not fmt.chat, **kwargs)[0]
+        history.append({"role": "assistant", "content": reply})
+        write(f"assistant> {reply}")
+
+
+def _prompt(fmt: Any, history: list[dict]) -> str:
+    if fmt.chat:
+        return fmt.prompt_text("", messages=history)
+    return "\n".join(m["content"] for m in history)  # a plain-format run: the conversation as text
