@@ -114,11 +114,20 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_model, tiny_data, monkeypatc
 
 
 def test_early_stopping_and_best_weights(tmp_path, tiny_model, tiny_data):
+    # full fine-tuning at a constant, unclipped high rate overshoots: validation loss turns up
     _, s = _train(
         tmp_path,
         tiny_model,
         tiny_data,
-        trainer={"max_steps": 40, "lr": 0.5, "eval_every": 2, "early_stopping_patience": 2},
+        adapter={"type": "full"},
+        trainer={
+            "max_steps": 40,
+            "lr": 0.05,
+            "eval_every": 2,
+            "early_stopping_patience": 2,
+            "scheduler": "constant",
+            "max_grad_norm": None,
+        },
     )
     t = s["train"]
     assert t["stopped_early"] and t["steps"] < 40

@@ -27,6 +27,9 @@ class ModelConfig(_Strict):
     """What the model predicts. Causal LM for now; sequence classification and seq2seq come next."""
     dtype: Literal["auto", "bf16", "fp32"] = "auto"
     """Precision of the frozen base weights. auto: bf16 where the CPU/GPU has fast bf16, else fp32."""
+    attention: Literal["auto", "eager", "sdpa"] = "auto"
+    """Attention kernel. auto: eager on CPU (measured faster than SDPA's CPU kernel for training at
+    a few hundred tokens), sdpa on GPU."""
     revision: str | None = None
     """Hub revision (branch, tag or commit) when `base` is a hub id."""
     trust_remote_code: bool = False
@@ -159,7 +162,11 @@ class TrainerConfig(_Strict):
     log_every: int = Field(10, ge=1)
     logger: Literal["none", "tensorboard", "mlflow"] = "none"
     threads: int | None = Field(None, ge=1)
-    """torch threads; default: physical cores."""
+    """torch threads; default: the cores this process may use."""
+    compile: bool = True
+    """torch.compile the fused cross-entropy kernel (large vocabularies only; falls back to eager)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass: less memory, about a third more compute."""
 
     @model_validator(mode="after")
     def _check(self) -> TrainerConfig:

@@ -5,58 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from retune.data.batching import collate
 from retune.data.templates import Encoded
-
-HEAD_CHUNK = 2048  # rows of the vocabulary projection computed at once: bounds the logits' memory
-
-
-def _unwrap(model: Any) -> Any:
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
-
-
-def _hidden_path(model: Any) -> tuple[Any, Any] | None:
-    """(backbone, lm_head) when the loss can skip the head on unlabelled positions; None for methods
-    (prefix / prompt tuning) whose peft forward must run as a whole."""
-    if getattr(model, "peft_config", None) and any(getattr(c, "is_prompt_learning", False) for c in model.peft_config.values()):
-        return None
-    base = _unwrap(model)
-    backbone = getattr(base, getattr(base, "base_model_prefix", "model"), None)
-    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
-    if backbone is None or head is None or backbone is base:
-        return None
-    return backbone, head
-
-
-def token_nll(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row summed negative log-likelihood of the labelled tokens, and per-row token counts.
-
-    Only positions with a label go through the vocabulary projection, in chunks, and the log-softmax
-    is taken in fp32: with loss on responses only this skips most of the head's work and memory.
-    """
-    labels = batch["labels"][:, 1:]  # (B, T-1): token t is predicted from position t-1
-    mask = labels != -100
-    rows = torch.nonzero(mask, as_tuple=True)[0]
-    targets = labels[mask]  # (N,)
-    path = _hidden_path(model)
-    if path is not None:
-        backbone, head = path
-        hidden = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        selected = hidden[:, :-1][mask]  # (N, C)
-        losses = [
-            F.cross_entropy(head(selected[s : s + HEAD_CHUNK]).float(), targets[s : s + HEAD_CHUNK], reduction="none")
-            for s in range(0, selected.shape[0], HEAD_CHUNK)
-        ]
-        tok_loss = torch.cat(losses) if losses else selected.new_zeros(0, dtype=torch.float32)
-    else:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logits = logits[:, -batch["input_ids"].shape[1] :]  # prompt tuning prepends virtual tokens
-        tok_loss = F.cross_entropy(logits[:, :-1][mask].float(), targets, reduction="none")
-    B = labels.shape[0]
-    per_row = torch.zeros(B, dtype=torch.float32, device=tok_loss.device).index_add(0, rows, tok_loss)
-    return per_row, mask.sum(dim=1)
+from retune.models.loss import token_nll
 
 
 @torch.no_grad()

@@ -16,7 +16,8 @@ import torch
 from retune.config import TrainerConfig
 from retune.data.batching import batch_indices, collate
 from retune.data.templates import Encoded
-from retune.evaluate.scoring import mean_nll, token_nll
+from retune.evaluate.scoring import mean_nll
+from retune.models.loss import training_loss
 from retune.train.checkpoint import LoopState, latest_checkpoint, load_checkpoint, load_trainable, save_checkpoint, save_weights
 from retune.train.optim import make_optimizer, make_scheduler, total_steps
 
@@ -78,8 +79,7 @@ def fit(
                 loss_sum = 0.0
                 for mb in micro:
                     with accelerator.autocast():
-                        nll, _ = token_nll(model, mb)
-                        loss = nll.sum() / n_target
+                        loss, _ = training_loss(model, mb, 1.0 / n_target)
                     accelerator.backward(loss)
                     loss_sum += loss.item()
                 penalty_values = {}
