@@ -54,12 +54,16 @@ def save_weights(path: Path, model: Any) -> None:
     tmp.replace(path)
 
 
-def save_checkpoint(ckpt_root: Path, model: Any, optimizer: Any, scheduler: Any, state: LoopState, keep: int) -> Path:
+def save_checkpoint(
+    ckpt_root: Path, model: Any, optimizer: Any, scheduler: Any, state: LoopState, keep: int, extra: dict | None = None
+) -> Path:
+    """`extra`: state of retention methods (e.g. SI's running importance), saved as it is."""
     final = ckpt_root / f"step-{state.step:07d}"
     tmp = staging_dir(final)
     save_file(trainable_state(model), str(tmp / "trainable.safetensors"))
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}, tmp / "optimizer.pt")
     torch.save({"torch": torch.get_rng_state(), "python": random.getstate(), "numpy": np.random.get_state()}, tmp / "rng.pt")
+    torch.save(extra or {}, tmp / "extra.pt")
     (tmp / "state.json").write_text(json.dumps(asdict(state), indent=2))
     replace_dir(tmp, final)
     for old in sorted(ckpt_root.glob("step-*"))[:-keep]:
@@ -72,12 +76,13 @@ def latest_checkpoint(ckpt_root: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> LoopState:
+def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> tuple[LoopState, dict]:
     try:
         load_trainable(model, load_file(str(path / "trainable.safetensors")))
         opt = torch.load(path / "optimizer.pt", weights_only=False)
         rng = torch.load(path / "rng.pt", weights_only=False)
         state = LoopState(**json.loads((path / "state.json").read_text()))
+        extra = torch.load(path / "extra.pt", weights_only=False) if (path / "extra.pt").exists() else {}
     except (OSError, RuntimeError, ValueError, KeyError, json.JSONDecodeError) as e:
         raise UsageError(f"checkpoint {path} is corrupt ({str(e).splitlines()[0]}); delete it to resume from the one before") from None
     optimizer.load_state_dict(opt["optimizer"])
@@ -85,4 +90,4 @@ def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> L
     torch.set_rng_state(rng["torch"])
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])
-    return state
+    return state, extra

@@ -1,4 +1,4 @@
-"""The training loop. Read it top to bottom: batches -> loss (+ penalties) -> step -> log/eval/save.
+"""The training loop. Read it top to bottom: batches -> loss (+ retention penalties) -> step -> log/eval/save.
 
 Policy (what to train, when to evaluate the task) lives in `retune.run`; this file is mechanism.
 """
@@ -11,18 +11,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from retune.config import TrainerConfig
 from retune.data.batching import batch_indices, collate
 from retune.data.templates import Encoded
 from retune.evaluate.scoring import mean_nll
 from retune.models.loss import training_loss
+from retune.retention.base import Regularizer
 from retune.train.checkpoint import LoopState, latest_checkpoint, load_checkpoint, load_trainable, save_checkpoint, save_weights
 from retune.train.optim import make_optimizer, make_scheduler, total_steps
-
-# A penalty takes the model and returns a scalar tensor added to the loss (EWC, L2-SP, ...).
-Penalty = Callable[[Any], torch.Tensor]
 
 
 @dataclass
@@ -32,7 +28,7 @@ class LoopIO:
     ckpt_dir: Path
     log: Callable[[dict], None]
     progress: Any = None  # rich progress-like: .update(loss=..., step=...)
-    penalties: dict[str, Penalty] = field(default_factory=dict)
+    regularizers: list[Regularizer] = field(default_factory=list)  # retention methods: penalties + hooks
 
 
 def fit(
@@ -57,11 +53,15 @@ def fit(
     state = LoopState()
     ckpt = latest_checkpoint(io.ckpt_dir) if resume else None
     if ckpt is not None:
-        state = load_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler)
+        state, extra = load_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler)
+        for reg in io.regularizers:
+            if reg.name in extra:
+                reg.load_state_dict(extra[reg.name])
         io.log({"event": "resumed", "step": state.step, "checkpoint": ckpt.name})
 
     def checkpoint() -> None:
-        save_checkpoint(io.ckpt_dir, accelerator.unwrap_model(model), optimizer, scheduler, state, cfg.keep_checkpoints)
+        extra = {reg.name: reg.state_dict() for reg in io.regularizers}
+        save_checkpoint(io.ckpt_dir, accelerator.unwrap_model(model), optimizer, scheduler, state, cfg.keep_checkpoints, extra)
 
     if io.progress is not None:
         io.progress.start(total=steps, done=state.step)
@@ -76,23 +76,33 @@ def fit(
                 # Normalise by the labelled tokens of the whole optimizer step, so that 8 micro-batches
                 # of 1 give exactly the gradient of one batch of 8 (not a mean of per-batch means).
                 n_target = sum(int((mb["labels"][:, 1:] != -100).sum()) for mb in micro)
-                loss_sum = 0.0
+                task_loss = 0.0  # the task's token NLL for this step, without penalties
+                penalty_values: dict[str, float] = {}
                 for mb in micro:
                     with accelerator.autocast():
                         loss, _ = training_loss(model, mb, 1.0 / n_target)
+                        task_loss += loss.item()
+                        for reg in io.regularizers:
+                            term = reg.batch_penalty(model, mb, 1.0 / n_target)
+                            if term is not None:
+                                loss = loss + term
+                                penalty_values[reg.name] = penalty_values.get(reg.name, 0.0) + term.item()
                     accelerator.backward(loss)
-                    loss_sum += loss.item()
-                penalty_values = {}
-                if io.penalties:
-                    with accelerator.autocast():
-                        terms = {name: fn(model) for name, fn in io.penalties.items()}
-                    accelerator.backward(sum(terms.values()))
-                    penalty_values = {name: t.item() for name, t in terms.items()}
+                step_terms = [(reg.name, reg.step_penalty(model)) for reg in io.regularizers]
+                step_terms = [(name, t) for name, t in step_terms if t is not None]
+                if step_terms:
+                    accelerator.backward(sum(t for _, t in step_terms))
+                    for name, t in step_terms:
+                        penalty_values[name] = penalty_values.get(name, 0.0) + t.item()
+                for reg in io.regularizers:
+                    reg.before_step(model)
                 if cfg.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
+                for reg in io.regularizers:
+                    reg.after_step(model)
 
                 state.step += 1
                 state.batch_in_epoch += 1
@@ -103,7 +113,7 @@ def fit(
                         {
                             "step": state.step,
                             "epoch": state.epoch,
-                            "loss": loss_sum,
+                            "loss": task_loss,
                             "lr": scheduler.get_last_lr()[0],
                             "tokens": state.tokens,
                             "tokens_per_s": state.tokens / max(state.train_seconds, 1e-9),
@@ -111,7 +121,7 @@ def fit(
                         }
                     )
                 if io.progress is not None:
-                    io.progress.update(step=state.step, loss=loss_sum)
+                    io.progress.update(step=state.step, loss=task_loss)
                 last = state.step >= steps
                 if cfg.eval_every and (state.step % cfg.eval_every == 0 or last) and val:
                     _evaluate(model, val, pad_id, cfg, accelerator, state, io)
