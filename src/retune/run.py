@@ -25,13 +25,12 @@ from retune.evaluate.task_eval import evaluate_task, scoring_mode
 from retune.io import append_jsonl, replace_dir, staging_dir, write_json, write_text
 from retune.models import loss as loss_mod
 from retune.models.load import (
-    attach_adapter,
     compute_dtype,
     count_params,
-    disable_adapter_input_cast,
     load_base,
     load_tokenizer,
     load_trained,
+    prepare_for_training,
 )
 from retune.models.resolve import resolve_base
 from retune.train.checkpoint import LoopState
@@ -139,16 +138,7 @@ def train(config_path: str | None, overrides: list[str] | None = None, resume: s
         write_json(base_file, base_scores)
 
     set_seed(cfg.trainer.seed)  # adapter init does not depend on whether the base was scored
-    if full:
-        model.requires_grad_(True)
-    else:
-        model = attach_adapter(model, cfg.adapter)
-        if accelerator.mixed_precision == "bf16":
-            disable_adapter_input_cast(model)
-    if cfg.trainer.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        if not full:
-            model.enable_input_require_grads()
+    model = prepare_for_training(model, cfg, bf16_autocast=accelerator.mixed_precision == "bf16")
     loss_mod.USE_COMPILE = cfg.trainer.compile
     trainable, total = count_params(model)
     console.print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")

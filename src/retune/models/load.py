@@ -173,13 +173,19 @@ def attach_adapter(model: Any, adapter: AdapterConfig) -> Any:
         raise UsageError(f"adapter: {str(e).splitlines()[0]} (check adapter.target_modules)") from None
 
 
-def load_for_training(cfg: RetuneConfig, path: str | None = None) -> Any:
-    full = cfg.adapter.type == "full"
-    model = load_base(cfg, path, trainable_full=full)
-    if full:
+def prepare_for_training(model: Any, cfg: RetuneConfig, bf16_autocast: bool) -> Any:
+    """Make a loaded base trainable as the config says: all weights, or a fresh adapter."""
+    if cfg.adapter.type == "full":
         model.requires_grad_(True)
-        return model
-    return attach_adapter(model, cfg.adapter)
+    else:
+        model = attach_adapter(model, cfg.adapter)
+        if bf16_autocast:
+            disable_adapter_input_cast(model)
+    if cfg.trainer.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if cfg.adapter.type != "full":
+            model.enable_input_require_grads()
+    return model
 
 
 def load_trained(run_dir: Path, cfg: RetuneConfig) -> Any:

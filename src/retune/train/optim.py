@@ -25,7 +25,9 @@ def make_optimizer(model: Any, cfg: TrainerConfig) -> torch.optim.Optimizer:
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr)
+    # fused AdamW: one kernel per step instead of a dozen per tensor (full fine-tuning updates 135M+ weights)
+    fused = all(p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in params)
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=cfg.lr, fused=fused)
 
 
 def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainerConfig, steps: int) -> Any:
