@@ -63,3 +63,24 @@ def test_every_example_validates_and_says_how_to_run(path):
     load_config(path)
     first = path.read_text().splitlines()[0]
     assert first.startswith("# retune "), "every example opens with the command that runs it"
+
+
+def test_tasks_replace_the_single_task_keys():
+    cfg = validate(
+        {"data": {"tasks": [{"train": "rotten-tomatoes", "weight": 2}, {"train": "python-faq", "weight": 1, "loss_weight": 0.5}]}}
+    )
+    assert [t.train for t in cfg.data.task_list()] == ["rotten-tomatoes", "python-faq"]
+    assert cfg.data.tasks[1].loss_weight == 0.5
+    # the shorthand is one task
+    one = validate({"data": {"train": "x.jsonl", "max_eval_samples": 5}}).data.task_list()
+    assert len(one) == 1 and one[0].train == "x.jsonl" and one[0].max_eval_samples == 5
+    with pytest.raises(UsageError, match=r"data.template cannot be combined with data.tasks"):
+        validate({"data": {"template": {"prompt": "{a}"}, "tasks": [{"train": "rotten-tomatoes"}]}})
+    with pytest.raises(UsageError, match=r"unknown key 'data.tasks.0.wieght'.*did you mean 'weight'"):
+        validate({"data": {"tasks": [{"train": "rotten-tomatoes", "wieght": 1}]}})
+    with pytest.raises(UsageError, match=r"mixing=fractions needs a weight"):
+        validate({"data": {"mixing": "fractions", "tasks": [{"train": "a.jsonl", "weight": 1}, {"train": "b.jsonl"}]}})
+    with pytest.raises(UsageError, match=r"no task has a train source"):
+        validate({"data": {"tasks": [{"test": "humaneval"}]}})
+    with pytest.raises(UsageError, match=r"data.tasks.0.metric"):
+        validate({"data": {"tasks": [{"train": "a.jsonl", "metric": "f1"}]}})

@@ -117,3 +117,33 @@ def test_collate_pads_right_with_masked_labels(tok):
     assert batch["input_ids"].shape[0] == 2
     short = 0 if len(a.input_ids) < len(b.input_ids) else 1
     assert batch["labels"][short, -1] == -100 and batch["attention_mask"][short, -1] == 0
+
+
+def test_load_tasks_several_and_eval_only(tmp_path):
+    from retune.config import TaskConfig
+    from retune.data.dataset import load_tasks
+
+    a = write_jsonl(tmp_path / "a.jsonl", [{"text": f"t{i}", "label": "positive"} for i in range(20)])
+    b = write_jsonl(tmp_path / "b.jsonl", [{"q": f"q{i}", "a": f"a{i}"} for i in range(10)])
+    tpl_a = TemplateConfig(prompt="{text}", response="{label}")
+    data = DataConfig(
+        tasks=[
+            TaskConfig(name="sent", train=str(a), template=tpl_a, labels=["negative", "positive"], weight=3, loss_weight=2),
+            TaskConfig(train=str(b), template=TemplateConfig(prompt="{q}", response="{a}"), metric="exact_match", max_eval_samples=2),
+            TaskConfig(name="held", test=str(b), template=TemplateConfig(prompt="{q}", response="{a}"), stop=["\n"]),
+        ]
+    )
+    sent, qa, held = load_tasks(data, EvalConfig())
+    assert (sent.name, sent.metric, sent.weight, sent.loss_weight, len(sent.train), len(sent.validation)) == (
+        "sent",
+        "accuracy",
+        3,
+        2,
+        18,
+        2,
+    )
+    assert (qa.name, qa.metric, len(qa.test)) == ("b", "exact_match", 1)  # test = its validation slice
+    assert held.train == [] and len(held.test) == 10 and held.validation == held.test and held.stop == ["\n"]
+    dup = DataConfig(tasks=[TaskConfig(train=str(a), template=tpl_a), TaskConfig(train=str(a), template=tpl_a)])
+    with pytest.raises(UsageError, match="two tasks are named 'a'"):
+        load_tasks(dup, EvalConfig())

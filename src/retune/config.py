@@ -23,8 +23,11 @@ class _Strict(BaseModel):
 class ModelConfig(_Strict):
     base: str = "smollm2-135m-instruct"
     """A built-in name (`retune models`), a local Hugging Face folder, or a hub id."""
-    task: Literal["causal_lm"] = "causal_lm"
-    """What the model predicts. Causal LM for now; sequence classification and seq2seq come next."""
+    task: Literal["causal_lm", "seq_cls", "seq2seq"] = "causal_lm"
+    """What the model predicts. causal_lm: next token (decoder LMs such as SmolLM2, Llama);
+    seq_cls: one label per input through a classification head (encoders such as MiniLM/BERT; needs
+    labels; LoRA task type SEQ_CLS, the head is trained in full); seq2seq: encoder-decoder (T5),
+    the response is the decoder's target (LoRA task type SEQ_2_SEQ_LM, e.g. target_modules [q, v])."""
     dtype: Literal["auto", "bf16", "fp32"] = "auto"
     """Precision of the frozen base weights. auto: bf16 where the CPU/GPU has fast bf16, else fp32."""
     attention: Literal["auto", "eager", "sdpa"] = "auto"
@@ -92,8 +95,59 @@ class TemplateConfig(_Strict):
     """An optional system message (chat templates only)."""
 
 
+Metric = Literal["auto", "accuracy", "exact_match", "rouge_l", "chrf", "bleu", "syntax_valid", "code", "pass_at_1"]
+Scoring = Literal["auto", "likelihood", "generate"]
+
+
+class TaskConfig(_Strict):
+    """One task of a multi-task run (`data.tasks`), or a retention task: its data, template and scoring."""
+
+    name: str | None = None
+    """Name in logs and summary.json. Default: the built-in dataset's name or the training file's stem."""
+    train: str | SourceConfig | None = None
+    """Training source (file, `datasets` folder or built-in). None: an evaluation-only task (e.g.
+    humaneval, which has only a test split); it is scored before and after but never trained on."""
+    validation: str | SourceConfig | None = None
+    """Validation set (validation loss). If absent: the built-in's validation split, or
+    `validation_split` of the training data, or (evaluation-only tasks) the test set."""
+    test: str | SourceConfig | None = None
+    """Held-out set for the task metric. If absent: the built-in's test split, or the validation set."""
+    validation_split: float = Field(0.1, gt=0, lt=1)
+    """Share of a user training file held out for validation when no validation set is given."""
+    columns: dict[str, str] = {}
+    """Rename columns before templating: {new_name: column_in_file}."""
+    template: TemplateConfig | None = None
+    """Prompt template. If absent: the built-in dataset's own template."""
+    labels: list[str] | None = None
+    """For label tasks: the allowed responses. Default: the built-in's labels."""
+    metric: Metric = "auto"
+    """accuracy | exact_match | rouge_l | chrf | bleu | syntax_valid | code (syntax + chrF) |
+    pass_at_1 (runs generated code against tests in a sandbox). auto: eval.metric, else the
+    built-in's metric, else accuracy with labels, ROUGE-L without."""
+    scoring: Scoring = "auto"
+    """likelihood: the label with the highest log-probability; generate: decoding (greedy unless
+    eval.temperature > 0). auto: eval.scoring, else likelihood with labels, generate without."""
+    weight: float | None = Field(None, gt=0)
+    """Sampling share in the training mix (data.mixing: fractions); shares are normalised to sum to 1."""
+    loss_weight: float = Field(1.0, ge=0)
+    """Multiplies this task's token losses (1: every labelled token counts the same)."""
+    max_train_samples: int | None = Field(None, ge=1)
+    """Use only the first N training records (deterministic order)."""
+    max_eval_samples: int | None = Field(None, ge=1)
+    """Cap on validation and test examples (the first N in deterministic order)."""
+    max_new_tokens: int | None = Field(None, ge=1)
+    """Generation length for this task. Default: eval.max_new_tokens."""
+    stop: list[str] | None = None
+    """Generation stops at the first of these strings (cut exactly), e.g. ["\\n```\\n", "\\nif __name__"]
+    for code. Default: none besides the end-of-sequence token."""
+
+
 class DataConfig(_Strict):
+    """One task through the keys train ... labels (the shorthand), or several under `tasks`. Keys
+    below `labels` (format, max_length, ...) and the mixing keys apply to every task."""
+
     train: str | SourceConfig = "rotten-tomatoes"
+    """Training source of the single-task shorthand (ignored names with `tasks`: set them per task)."""
     validation: str | SourceConfig | None = None
     """Validation set for loss / early stopping. If absent: the built-in's validation split, or
     `validation_split` of the training data."""
@@ -122,14 +176,72 @@ class DataConfig(_Strict):
     """For label tasks: the allowed responses (scored by comparing their likelihoods)."""
     shuffle_seed: int = 0
     """Seed for sampling / splitting user data; training order uses trainer.seed."""
+    tasks: list[TaskConfig] | None = None
+    """Several tasks in one run, each with its own sources, template, metric and weights. Every task is
+    scored before and after training. Replaces the single-task keys (train, validation, test, columns,
+    template, labels, max_train_samples, max_eval_samples), which must then be left out."""
+    mixing: Literal["auto", "proportional", "fractions", "temperature"] = "auto"
+    """How an epoch mixes the tasks' training examples. proportional: each task by its size (all its
+    examples once); fractions: by the tasks' `weight`s, normalised; temperature: size**(1/T)
+    (T = mixing_temperature; T=1 is proportional, large T tends to equal shares). auto: fractions
+    when any task has a weight, else proportional. Each epoch draws a fresh sample from trainer.seed."""
+    mixing_temperature: float = Field(2.0, ge=1)
+    """T of temperature mixing (Raffel et al. 2020, T5 sec. 3.5.2)."""
+    epoch_size: int | None = Field(None, ge=1)
+    """Training examples per epoch of the mix. Default: the sum of the tasks' training sizes."""
+    oversample: bool = True
+    """When a task's share needs more examples than it has: true repeats its examples (with a
+    warning); false caps it at its size (its share shrinks, the others' grow)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.tasks is None:
+            return self
+        shorthand = ["train", "validation", "test", "columns", "template", "labels", "max_train_samples", "max_eval_samples"]
+        clash = [k for k in shorthand if k in self.model_fields_set]
+        if clash:
+            raise ValueError(f"data.{clash[0]} cannot be combined with data.tasks: set it on each task (data.tasks[i].{clash[0]})")
+        if not self.tasks:
+            raise ValueError("data.tasks is empty: list at least one task, e.g. tasks: [{train: rotten-tomatoes}]")
+        if not any(t.train is not None for t in self.tasks):
+            raise ValueError("data.tasks: no task has a train source; at least one task must be trained on")
+        if self.mixing == "fractions" and any(t.weight is None for t in self.tasks if t.train is not None):
+            raise ValueError("data.mixing=fractions needs a weight on every task with a train source (data.tasks[i].weight)")
+        return self
+
+    def task_list(self) -> list[TaskConfig]:
+        """The tasks of this config; the single-task keys become one task."""
+        if self.tasks is not None:
+            return list(self.tasks)
+        return [
+            TaskConfig(
+                train=self.train,
+                validation=self.validation,
+                test=self.test,
+                validation_split=self.validation_split,
+                columns=self.columns,
+                template=self.template,
+                labels=self.labels,
+                max_train_samples=self.max_train_samples,
+                max_eval_samples=self.max_eval_samples,
+            )
+        ]
 
 
 class EvalConfig(_Strict):
-    metric: Literal["auto", "accuracy", "exact_match", "rouge_l"] = "auto"
-    """auto: accuracy when labels are known, otherwise ROUGE-L."""
-    scoring: Literal["auto", "likelihood", "generate"] = "auto"
-    """likelihood: pick the label with the highest log-probability; generate: greedy decoding."""
+    metric: Metric = "auto"
+    """Default metric of every task (a task's own `metric` wins). auto: the built-in dataset's metric,
+    else accuracy when labels are known, otherwise ROUGE-L. Also: exact_match, chrf, bleu,
+    syntax_valid, code, pass_at_1."""
+    scoring: Scoring = "auto"
+    """likelihood: pick the label with the highest log-probability; generate: decoding (greedy by
+    default). auto: likelihood for label tasks, generate otherwise."""
     max_new_tokens: int = Field(64, ge=1)
+    """Default generation length (a task's `max_new_tokens` wins)."""
+    temperature: float = Field(0.0, ge=0)
+    """0: greedy decoding; > 0: sampling at this temperature (with top_p)."""
+    top_p: float = Field(1.0, gt=0, le=1)
+    """Nucleus sampling mass when temperature > 0."""
     batch_size: int = Field(16, ge=1)
     before: bool = True
     """Score the base model before training (needed for the base-vs-tuned comparison)."""
@@ -269,7 +381,17 @@ ALIASES = {
     "max_grad": "max_grad_norm",
 }
 
-_BRANCH_NAMES = {"SourceConfig", "TemplateConfig", "str", "list[str]", "literal['all-linear']", "int", "float"}
+_BRANCH_NAMES = {
+    "SourceConfig",
+    "TemplateConfig",
+    "TaskConfig",
+    "list[TaskConfig]",
+    "str",
+    "list[str]",
+    "literal['all-linear']",
+    "int",
+    "float",
+}
 
 
 def _explain(e: ValidationError) -> str:
@@ -301,7 +423,7 @@ def _section(loc: tuple) -> type[BaseModel] | None:
         field = cls.model_fields.get(p) if hasattr(cls, "model_fields") else None
         if field is None:
             # union branches appear in the location by class name
-            cand = {c.__name__: c for c in (SourceConfig, TemplateConfig)}
+            cand = {c.__name__: c for c in (SourceConfig, TemplateConfig, TaskConfig)}
             cls = cand.get(p, cls)
             continue
         ann = field.annotation

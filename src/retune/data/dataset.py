@@ -6,7 +6,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from retune.config import DataConfig, EvalConfig, SourceConfig, TemplateConfig
+from retune.config import DataConfig, EvalConfig, SourceConfig, TaskConfig, TemplateConfig
 from retune.data.builtin import BUILTIN_DATASETS, is_builtin, load_builtin
 from retune.data.readers import read_records
 from retune.data.templates import Encoded, Formatter, check_fields
@@ -16,12 +16,17 @@ from retune.errors import UsageError
 @dataclass
 class TaskData:
     name: str
-    train: list[dict]
+    train: list[dict]  # empty for an evaluation-only task
     validation: list[dict]
     test: list[dict]
     template: TemplateConfig
     labels: list[str] | None
-    metric: str  # accuracy | exact_match | rouge_l
+    metric: str  # a name in evaluate.metrics.METRICS
+    scoring: str = "auto"  # auto | likelihood | generate (resolved by evaluate.task_eval.scoring_mode)
+    weight: float | None = None  # sampling share in the mix (data.mixing: fractions)
+    loss_weight: float = 1.0
+    max_new_tokens: int | None = None  # None: eval.max_new_tokens
+    stop: list[str] | None = None
 
 
 def _as_source(src: str | SourceConfig) -> SourceConfig:
@@ -49,48 +54,78 @@ def _rename(records: list[dict], columns: dict[str, str], where: str) -> list[di
 
 
 def load_task(data: DataConfig, ev: EvalConfig) -> TaskData:
-    train_src = _as_source(data.train)
-    builtin = BUILTIN_DATASETS.get(train_src.path) if not Path(train_src.path).exists() else None
-    train = _rename(read_source(train_src, "train"), data.columns, train_src.path)
+    """The single task of a config (the shorthand keys, or the first of data.tasks)."""
+    return load_tasks(data, ev)[0]
 
-    if data.validation is not None:
-        validation = _rename(read_source(data.validation, "validation"), data.columns, _as_source(data.validation).path)
-    elif builtin is not None:
-        validation = read_source(SourceConfig(path=train_src.path, split="validation"), "validation")
+
+def load_tasks(data: DataConfig, ev: EvalConfig) -> list[TaskData]:
+    """Every task of a config: data.tasks, or the single-task keys as one task. Names are unique."""
+    tasks = [load_task_config(t, data, ev) for t in data.task_list()]
+    seen: set[str] = set()
+    for i, t in enumerate(tasks):
+        if t.name in seen:
+            raise UsageError(f"data.tasks[{i}]: two tasks are named '{t.name}'; give them distinct names (data.tasks[{i}].name)")
+        seen.add(t.name)
+    return tasks
+
+
+def load_task_config(tc: TaskConfig, data: DataConfig, ev: EvalConfig) -> TaskData:
+    """Read, split, cap and check one task's records. `data` gives the keys shared by all tasks."""
+    anchor = tc.train if tc.train is not None else tc.test
+    if anchor is None:
+        raise UsageError(f"task {tc.name or '?'}: give a train source, or a test source for an evaluation-only task")
+    anchor_src = _as_source(anchor)
+    builtin = BUILTIN_DATASETS.get(anchor_src.path) if not Path(anchor_src.path).exists() else None
+    name = tc.name or (builtin.name if builtin else Path(anchor_src.path).stem)
+
+    if tc.train is not None:
+        train = _rename(read_source(tc.train, "train"), tc.columns, anchor_src.path)
+    else:
+        train = []
+
+    if tc.validation is not None:
+        validation = _rename(read_source(tc.validation, "validation"), tc.columns, _as_source(tc.validation).path)
+    elif builtin is not None and "validation" in builtin.splits:
+        validation = read_source(SourceConfig(path=anchor_src.path, split="validation"), "validation")
+    elif tc.train is None:
+        validation = []  # evaluation-only: filled from the test set below
     else:  # hold out a deterministic slice of the training file
         rows = list(train)
         random.Random(data.shuffle_seed).shuffle(rows)
-        n_val = max(1, round(len(rows) * data.validation_split))
+        n_val = max(1, round(len(rows) * tc.validation_split))
         if len(rows) - n_val < 1:
-            raise UsageError(f"{train_src.path}: only {len(rows)} records, too few to hold out a validation split; add data.validation")
+            raise UsageError(f"{anchor_src.path}: only {len(rows)} records, too few to hold out a validation split; add a validation set")
         validation, train = rows[:n_val], rows[n_val:]
 
-    if data.test is not None:
-        test = _rename(read_source(data.test, "test"), data.columns, _as_source(data.test).path)
-    elif builtin is not None:
-        test = read_source(SourceConfig(path=train_src.path, split="test"), "test")
+    if tc.test is not None:
+        test = _rename(read_source(tc.test, "test"), tc.columns, _as_source(tc.test).path)
+    elif builtin is not None and "test" in builtin.splits:
+        test = read_source(SourceConfig(path=anchor_src.path, split="test"), "test")
     else:
         test = validation
+    if not validation:
+        validation = test
 
-    if data.max_train_samples:
-        train = train[: data.max_train_samples]
-    if data.max_eval_samples:
-        validation, test = validation[: data.max_eval_samples], test[: data.max_eval_samples]
+    if tc.max_train_samples:
+        train = train[: tc.max_train_samples]
+    if tc.max_eval_samples:
+        validation, test = validation[: tc.max_eval_samples], test[: tc.max_eval_samples]
 
-    template = data.template or (builtin.template if builtin else None)
+    template = tc.template or (builtin.template if builtin else None)
     if template is None and not data.messages_column:
-        raise UsageError("data.template is required for user data: e.g. template: {prompt: '{question}', response: '{answer}'}")
+        raise UsageError(f"task {name}: a template is required for user data, e.g. template: {{prompt: '{{q}}', response: '{{a}}'}}")
     template = template or TemplateConfig()
     if not data.messages_column:
-        for rows, where in ((train, train_src.path), (validation, "the validation data"), (test, "the test data")):
-            check_fields(template, rows, where)
+        for rows, where in ((train, anchor_src.path), (validation, f"the {name} validation data"), (test, f"the {name} test data")):
+            if rows:
+                check_fields(template, rows, where)
 
-    labels = data.labels or (builtin.labels if builtin else None)
-    metric = ev.metric
+    labels = tc.labels or (builtin.labels if builtin else None)
+    metric = tc.metric if tc.metric != "auto" else ev.metric
     if metric == "auto":
         metric = builtin.metric if builtin else ("accuracy" if labels else "rouge_l")
-    name = builtin.name if builtin else Path(train_src.path).stem
-    return TaskData(name, train, validation, test, template, labels, metric)
+    scoring = tc.scoring if tc.scoring != "auto" else ev.scoring
+    return TaskData(name, train, validation, test, template, labels, metric, scoring, tc.weight, tc.loss_weight, tc.max_new_tokens, tc.stop)
 
 
 def encode_records(fmt: Formatter, template: TemplateConfig, records: list[dict], where: str) -> list[Encoded]:

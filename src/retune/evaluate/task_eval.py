@@ -23,8 +23,10 @@ class Predictions:
 
 
 def scoring_mode(task: TaskData, ev: EvalConfig) -> str:
-    if ev.scoring != "auto":
-        return ev.scoring
+    """Which scoring a task gets: its own `scoring`, else eval.scoring, else likelihood for label tasks."""
+    for choice in (task.scoring, ev.scoring):
+        if choice != "auto":
+            return choice
     return "likelihood" if task.labels else "generate"
 
 
