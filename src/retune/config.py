@@ -349,12 +349,19 @@ def apply_override(raw: dict[str, Any], item: str) -> None:
         raise UsageError(f"--set {item!r}: expected key=value, e.g. --set trainer.epochs=2")
     key, _, value = item.partition("=")
     parts = key.strip().split(".")
-    node = raw
+    node: Any = raw
     for p in parts[:-1]:
+        if isinstance(node, list):  # a list item by index: data.tasks.0.weight=2
+            if not p.isdigit() or int(p) >= len(node):
+                raise UsageError(f"--set {key}: {p} is not an index of this list (0..{len(node) - 1})")
+            node = node[int(p)]
+            continue
         nxt = node.setdefault(p, {})
-        if not isinstance(nxt, dict):
+        if not isinstance(nxt, (dict, list)):
             raise UsageError(f"--set {key}: {p} is not a section")
         node = nxt
+    if not isinstance(node, dict):
+        raise UsageError(f"--set {key}: {parts[-2] if len(parts) > 1 else key} is a list; set one item's key, e.g. {key}.0.<key>=...")
     # YAML parsing gives `2` -> int, `true` -> bool, `[a, b]` -> list, as in the file itself.
     node[parts[-1]] = yaml.safe_load(value) if value.strip() else None
 

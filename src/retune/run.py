@@ -17,7 +17,8 @@ from typing import Any
 import torch
 
 from retune.config import RetuneConfig, load_config, to_yaml
-from retune.data.dataset import TaskData, encode_records, load_task
+from retune.data import mixing
+from retune.data.dataset import TaskData, encode_records, load_task, load_tasks
 from retune.data.templates import Encoded, Formatter
 from retune.errors import UsageError
 from retune.evaluate.report import LiveProgress, console, plot_loss, print_scores
@@ -39,12 +40,40 @@ from retune.train.loop import LoopIO, fit
 
 @dataclass
 class Prepared:
+    """Every task's encoded examples and the training mix. `train` is epoch 0's mixed examples;
+    `epoch_examples(epoch)` draws each epoch afresh (what the loop consumes)."""
+
     cfg: RetuneConfig
     tok: Any
     fmt: Formatter
-    task: TaskData
-    train: list[Encoded]
-    val: list[Encoded]
+    tasks: list[TaskData]
+    task_train: list[list[Encoded]]  # per task; empty for evaluation-only tasks
+    task_val: list[list[Encoded]]  # per task: validation loss of each task
+    mix: mixing.MixPlan  # counts over the trained tasks (those with training examples)
+
+    @property
+    def task(self) -> TaskData:  # the first task (single-task callers)
+        return self.tasks[0]
+
+    @property
+    def trained(self) -> list[int]:
+        return [i for i, t in enumerate(self.task_train) if t]
+
+    @property
+    def val(self) -> list[Encoded]:
+        """The loop's validation set (loss, early stopping): the trained tasks' validation examples."""
+        return [e for i in self.trained for e in self.task_val[i]]
+
+    @property
+    def train(self) -> list[Encoded]:
+        return self.epoch_examples(0)
+
+    def epoch_examples(self, epoch: int) -> list[Encoded]:
+        sets = [self.task_train[i] for i in self.trained]
+        sizes = [len(x) for x in sets]
+        if self.mix.counts == sizes:  # every example once: no draw needed (the loop shuffles)
+            return [e for x in sets for e in x]
+        return [sets[t][j] for t, j in mixing.epoch_indices(sizes, self.mix.counts, self.cfg.trainer.seed, epoch)]
 
 
 def setup_torch(cfg: RetuneConfig) -> None:
@@ -65,15 +94,58 @@ def make_accelerator(cfg: RetuneConfig, run_dir: Path | None = None) -> Any:
     return Accelerator(mixed_precision=mp, log_with=log_with, project_dir=str(run_dir) if run_dir else None)
 
 
-def prepare_data(cfg: RetuneConfig, model_path: str) -> Prepared:
-    tok = load_tokenizer(model_path, cfg.model)
-    task = load_task(cfg.data, cfg.eval)
+def prepare_data(cfg: RetuneConfig, model_path: str | None = None, tok: Any = None) -> Prepared:
+    tok = tok if tok is not None else load_tokenizer(model_path or resolve_base(cfg.model.base), cfg.model)
+    tasks = load_tasks(cfg.data, cfg.eval)
+    if cfg.model.task == "seq_cls" and len({tuple(t.labels or ()) for t in tasks}) != 1:
+        raise UsageError("model.task=seq_cls has one classification head: every task needs the same labels (data.tasks[i].labels)")
     fmt = Formatter(tok, cfg.data)
-    train = encode_records(fmt, task.template, task.train, f"{task.name} train")
-    val = encode_records(fmt, task.template, task.validation, f"{task.name} validation")
+    task_train = [encode_task(cfg, fmt, t, t.train, f"{t.name} train") for t in tasks]
+    task_val = [encode_task(cfg, fmt, t, t.validation, f"{t.name} validation") for t in tasks]
     if fmt.cut_responses:
         console.print(f"[yellow]warning: {fmt.cut_responses} responses were longer than data.max_length={cfg.data.max_length} and were cut")
-    return Prepared(cfg, tok, fmt, task, train, val)
+    trained = [i for i, x in enumerate(task_train) if x]
+    d = cfg.data
+    mix = mixing.plan(
+        [len(task_train[i]) for i in trained],
+        d.mixing,
+        [tasks[i].weight for i in trained],
+        d.mixing_temperature,
+        d.epoch_size,
+        d.oversample,
+        [tasks[i].name for i in trained],
+    )
+    for w in mix.warnings:
+        console.print(f"[yellow]warning: data mix: {w}")
+    return Prepared(cfg, tok, fmt, tasks, task_train, task_val, mix)
+
+
+def encode_task(cfg: RetuneConfig, fmt: Formatter, task: TaskData, records: list[dict], where: str) -> list[Encoded]:
+    """Encode one task's records for the model's task type; each example carries the task's loss weight."""
+    if cfg.model.task == "causal_lm":
+        out = encode_records(fmt, task.template, records, where)
+    else:
+        from retune.models import tasks as model_tasks
+
+        kind = cfg.model.task
+        out = [model_tasks.encode(kind, fmt, task.template, r, task.labels, f"{where} record {i + 1}") for i, r in enumerate(records)]
+    for e in out:
+        e.weight = task.loss_weight
+    return out
+
+
+def evaluate_tasks(model: Any, prep: Prepared, autocast: Any, log: Any = None, stage: str = "") -> dict[str, dict[str, float]]:
+    """{task: {metric: value, val_loss, ...}} for every task, base or tuned; logged per task when `log` is given."""
+    out = {}
+    for task, val in zip(prep.tasks, prep.task_val, strict=True):
+        mode = scoring_mode(task, prep.cfg.eval, model)
+        console.print(f"scoring the {stage or 'model'} on {task.name} ({len(task.test)} test examples, {task.metric}, {mode} scoring)")
+        t0 = time.perf_counter()
+        out[task.name] = evaluate_task(model, prep.tok, prep.fmt, task, val, prep.cfg.eval, autocast)
+        if log is not None:
+            seconds = round(time.perf_counter() - t0, 1)
+            log({"event": "task_eval", "stage": stage, "task": task.name, "seconds": seconds, "scores": out[task.name]})
+    return out
 
 
 def new_run_dir(cfg: RetuneConfig) -> Path:
@@ -113,7 +185,7 @@ def train(config_path: str | None, overrides: list[str] | None = None, resume: s
     model_path = resolve_base(cfg.model.base)
     prep = prepare_data(cfg, model_path)
     full = cfg.adapter.type == "full"
-    model = load_base(cfg, model_path, trainable_full=full)
+    model = load_base(cfg, model_path, trainable_full=full, labels=prep.task.labels)
     if run_dir is None:
         run_dir = new_run_dir(cfg)
         write_text(run_dir / "config.yaml", to_yaml(cfg))
@@ -122,6 +194,13 @@ def train(config_path: str | None, overrides: list[str] | None = None, resume: s
     if cfg.trainer.logger != "none":
         accelerator.init_trackers(run_dir.name, config=cfg.model_dump(mode="json"))
     autocast = accelerator.autocast
+    metrics_path = run_dir / "metrics.jsonl"
+
+    def log(row: dict) -> None:
+        append_jsonl(metrics_path, {"time": round(time.time(), 3), **row})
+        numeric = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
+        if cfg.trainer.logger != "none" and numeric:
+            accelerator.log(numeric, step=row.get("step"))
 
     # Score the base model before any adapter is attached (prefix/prompt tuning are not identity at init).
     base_file = run_dir / "base_scores.json"
@@ -131,10 +210,7 @@ def train(config_path: str | None, overrides: list[str] | None = None, resume: s
 
         base_scores = json.loads(base_file.read_text())
     elif cfg.eval.before:
-        console.print(
-            f"scoring the base model on {prep.task.name} ({len(prep.task.test)} test examples, {scoring_mode(prep.task, cfg.eval)})"
-        )
-        base_scores = {prep.task.name: evaluate_task(model, prep.tok, prep.fmt, prep.task, prep.val, cfg.eval, autocast)}
+        base_scores = evaluate_tasks(model, prep, autocast, log, stage="base model")
         write_json(base_file, base_scores)
 
     set_seed(cfg.trainer.seed)  # adapter init does not depend on whether the base was scored
@@ -143,34 +219,32 @@ def train(config_path: str | None, overrides: list[str] | None = None, resume: s
     trainable, total = count_params(model)
     console.print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
 
-    metrics_path = run_dir / "metrics.jsonl"
-
-    def log(row: dict) -> None:
-        append_jsonl(metrics_path, {"time": round(time.time(), 3), **row})
-        numeric = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
-        if cfg.trainer.logger != "none" and numeric:
-            accelerator.log(numeric, step=row.get("step"))
-
     io = LoopIO(ckpt_dir=run_dir / "checkpoints", log=log, progress=LiveProgress())
     io.ckpt_dir.mkdir(exist_ok=True)
-    summary: dict[str, Any] = {"status": "running", "run_dir": str(run_dir), "task": prep.task.name, "metric": prep.task.metric}
+    names = [t.name for t in prep.tasks]
+    summary: dict[str, Any] = {
+        "status": "running",
+        "run_dir": str(run_dir),
+        "task": ", ".join(names),
+        "metric": prep.task.metric if len(names) == 1 else {t.name: t.metric for t in prep.tasks},
+        "tasks": task_info(prep, model),
+    }
     try:
-        state = fit(model, prep.train, prep.val, cfg.trainer, prep.tok.pad_token_id, accelerator, io, resume=bool(resume))
+        state = fit(model, prep.epoch_examples, prep.val, cfg.trainer, prep.tok.pad_token_id, accelerator, io, resume=bool(resume))
     except KeyboardInterrupt:
         summary["status"] = f"interrupted; resume with: retune train --resume {run_dir}"
         write_json(run_dir / "summary.json", summary)
         raise
     model = accelerator.unwrap_model(model)
 
-    console.print(f"scoring the tuned model on {prep.task.name}")
-    final = {prep.task.name: evaluate_task(model, prep.tok, prep.fmt, prep.task, prep.val, cfg.eval, autocast)}
+    final = evaluate_tasks(model, prep, autocast, log, stage="tuned model")
     if cfg.output.save_model:
         save_model(model, prep.tok, run_dir, full)
     if metrics_path.exists():
         plot_loss(metrics_path, run_dir / "loss.png")
     summary.update(
         status="completed",
-        scoring=scoring_mode(prep.task, cfg.eval),
+        scoring=_one_or_all({t.name: scoring_mode(t, cfg.eval, model) for t in prep.tasks}),
         base=base_scores or {},
         final=final,
         retention={},
@@ -179,8 +253,31 @@ def train(config_path: str | None, overrides: list[str] | None = None, resume: s
     write_json(run_dir / "summary.json", summary)
     if cfg.trainer.logger != "none":
         accelerator.end_training()
-    print_scores(f"{prep.task.name}: base vs tuned ({summary['scoring']} scoring)", base_scores, final)
+    how = summary["scoring"] if isinstance(summary["scoring"], str) else "per-task"
+    print_scores(f"{summary['task']}: base vs tuned ({how} scoring)", base_scores, final)
     return run_dir, summary
+
+
+def _one_or_all(per_task: dict[str, str]) -> str | dict[str, str]:
+    return next(iter(per_task.values())) if len(per_task) == 1 else per_task
+
+
+def task_info(prep: Prepared, model: Any) -> dict[str, dict[str, Any]]:
+    """Per task: metric, scoring, sizes, and its declared share of the mix (None: evaluation only)."""
+    share = dict(zip(prep.trained, prep.mix.shares, strict=True))
+    count = dict(zip(prep.trained, prep.mix.counts, strict=True))
+    return {
+        t.name: {
+            "metric": t.metric,
+            "scoring": scoring_mode(t, prep.cfg.eval, model),
+            "train_examples": len(prep.task_train[i]),
+            "per_epoch": count.get(i, 0),
+            "share": share.get(i),
+            "loss_weight": t.loss_weight,
+            "n_test": len(t.test),
+        }
+        for i, t in enumerate(prep.tasks)
+    }
 
 
 def train_stats(state: LoopState, trainable: int, total: int, t_start: float) -> dict[str, Any]:
@@ -238,14 +335,11 @@ def evaluate(target: str, overrides: list[str] | None = None) -> dict:
         setup_torch(cfg)
         model_path = resolve_base(cfg.model.base)
         model, tok = load_base(cfg, model_path), load_tokenizer(model_path, cfg.model)
-    task = load_task(cfg.data, cfg.eval)
-    fmt = Formatter(tok, cfg.data)
-    val = encode_records(fmt, task.template, task.validation, f"{task.name} validation")
-    autocast = make_accelerator(cfg).autocast
-    scores = {task.name: evaluate_task(model, tok, fmt, task, val, cfg.eval, autocast)}
+    prep = prepare_data(cfg, tok=tok)
+    scores = evaluate_tasks(model, prep, make_accelerator(cfg).autocast)
     if is_run_dir(target):
         write_json(Path(target) / "eval.json", scores)
-    print_scores(f"{task.name} ({scoring_mode(task, cfg.eval)} scoring)", None, scores)
+    print_scores(", ".join(scores), None, scores)
     return scores
 
 

@@ -29,11 +29,15 @@ def batch_indices(lengths: list[int], batch_size: int, seed: int, epoch: int, gr
 def collate(examples: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     width = max(len(e.input_ids) for e in examples)
     ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    # labels are as long as the input for causal LMs; seq2seq targets have their own length
+    labels = torch.full((len(examples), max(len(e.labels) for e in examples)), -100, dtype=torch.long)
     mask = torch.zeros((len(examples), width), dtype=torch.long)
     for row, e in enumerate(examples):  # right padding: positions stay 0..n-1 for every example
         n = len(e.input_ids)
         ids[row, :n] = torch.tensor(e.input_ids)
-        labels[row, :n] = torch.tensor(e.labels)
+        labels[row, : len(e.labels)] = torch.tensor(e.labels)
         mask[row, :n] = 1
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+    if any(e.weight != 1.0 for e in examples):  # per-task loss weights, one per row (B,)
+        batch["weights"] = torch.tensor([e.weight for e in examples], dtype=torch.float32)
+    return batch

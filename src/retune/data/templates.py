@@ -42,6 +42,7 @@ class Encoded:
     input_ids: list[int]
     labels: list[int]  # -100 where no loss is taken
     prompt_len: int
+    weight: float = 1.0  # the task's loss weight (data.tasks[i].loss_weight)
 
 
 class Formatter:

@@ -68,6 +68,8 @@ def generate(
     tok.padding_side = "left"  # generation appends on the right: pad on the left
     outs: list[str] = [""] * len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    # a decoder-only model returns prompt + new tokens; an encoder-decoder (T5) only the decoder's output
+    start_new = not getattr(model.config, "is_encoder_decoder", False)
     try:
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
@@ -76,7 +78,7 @@ def generate(
             with autocast():
                 ids = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **gen_kwargs)
             for j, i in enumerate(idx):
-                outs[i] = cut_at_stop(tok.decode(ids[j, enc["input_ids"].shape[1] :], skip_special_tokens=True), stop).strip()
+                outs[i] = cut_at_stop(tok.decode(ids[j, enc["input_ids"].shape[1] * start_new :], skip_special_tokens=True), stop).strip()
     finally:
         tok.padding_side = side
     return outs

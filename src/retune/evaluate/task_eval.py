@@ -12,7 +12,9 @@ from typing import Any
 from retune.config import EvalConfig
 from retune.data.dataset import TaskData
 from retune.data.templates import Encoded, Formatter
+from retune.errors import UsageError
 from retune.evaluate import metrics, scoring
+from retune.models import tasks
 
 
 @dataclass
@@ -22,27 +24,49 @@ class Predictions:
     references: list[str]
 
 
-def scoring_mode(task: TaskData, ev: EvalConfig) -> str:
-    """Which scoring a task gets: its own `scoring`, else eval.scoring, else likelihood for label tasks."""
+def scoring_mode(task: TaskData, ev: EvalConfig, model: Any = None) -> str:
+    """How a task is scored: `classifier` (argmax of a classification head) for seq_cls models; else the
+    task's own `scoring`, else eval.scoring, else `likelihood` for label tasks and `generate` otherwise."""
+    if model is not None and tasks.model_kind(model) == "seq_cls":
+        return "classifier"
     for choice in (task.scoring, ev.scoring):
         if choice != "auto":
             return choice
+    if model is not None and tasks.model_kind(model) == "seq2seq":
+        return "generate"  # label likelihood is implemented for decoder-only models
     return "likelihood" if task.labels else "generate"
 
 
 def predict(model: Any, tok: Any, fmt: Formatter, task: TaskData, records: list[dict], ev: EvalConfig, autocast: Any) -> Predictions:
     pairs = [fmt.record_prompt(task.template, r) for r in records]
     prompts, refs = [p for p, _ in pairs], [r for _, r in pairs]
-    if scoring_mode(task, ev) == "likelihood":
+    mode = scoring_mode(task, ev, model)
+    if mode == "classifier":
         if not task.labels:
-            raise ValueError("likelihood scoring needs data.labels")
+            raise UsageError(f"task {task.name}: a seq_cls model needs labels (data.labels or data.tasks[i].labels)")
+        ids = [tasks.classifier_input(fmt, p) for p in prompts]
+        preds = [task.labels[i] for i in tasks.classify(model, ids, tok.pad_token_id, ev.batch_size, autocast)]
+    elif mode == "likelihood":
+        if not task.labels:
+            raise UsageError(f"task {task.name}: likelihood scoring needs labels (data.labels); use scoring: generate")
         # each label encoded exactly as a training response would be (chat suffix and all)
         label_ids = [_resp_ids(fmt, label) for label in task.labels]
         prompt_ids = [fmt.prompt_ids(p) for p in prompts]
         ll = scoring.label_loglik(model, prompt_ids, label_ids, tok.pad_token_id, ev.batch_size, autocast)
         preds = [task.labels[i] for i in ll.argmax(dim=1).tolist()]
     else:
-        preds = scoring.generate(model, tok, prompts, ev.max_new_tokens, ev.batch_size, autocast, add_special_tokens=not fmt.chat)
+        preds = scoring.generate(
+            model,
+            tok,
+            prompts,
+            task.max_new_tokens or ev.max_new_tokens,
+            ev.batch_size,
+            autocast,
+            add_special_tokens=not fmt.chat,
+            stop=task.stop,
+            temperature=ev.temperature,
+            top_p=ev.top_p,
+        )
     return Predictions(prompts, preds, refs)
 
 
@@ -55,7 +79,8 @@ def _resp_ids(fmt: Formatter, label: str) -> list[int]:
 def evaluate_task(
     model: Any, tok: Any, fmt: Formatter, task: TaskData, val_examples: list[Encoded], ev: EvalConfig, autocast: Any
 ) -> dict[str, float]:
+    """{metric: value, ... (several for `code`), val_loss, perplexity, n_test} for one task."""
     pred = predict(model, tok, fmt, task, task.test, ev, autocast)
-    score = metrics.METRICS[task.metric](pred.predictions, pred.references)
+    scores = metrics.compute(task.metric, pred.predictions, pred.references, records=task.test)
     nll = scoring.mean_nll(model, val_examples, tok.pad_token_id, ev.batch_size, autocast)
-    return {task.metric: score, "val_loss": nll, "perplexity": metrics.perplexity(nll), "n_test": len(task.test)}
+    return {**scores, "val_loss": nll, "perplexity": metrics.perplexity(nll), "n_test": len(task.test)}

@@ -84,9 +84,10 @@ def _quantization(adapter: AdapterConfig) -> Any:
     )
 
 
-def load_base(cfg: RetuneConfig, path: str | None = None, trainable_full: bool = False) -> Any:
-    """The base model. Frozen weights in bf16 where that is fast; fp32 when every weight is trained."""
-    from transformers import AutoModelForCausalLM
+def load_base(cfg: RetuneConfig, path: str | None = None, trainable_full: bool = False, labels: list[str] | None = None) -> Any:
+    """The base model (causal LM, classifier or seq2seq by model.task). Frozen weights in bf16 where that
+    is fast; fp32 when every weight is trained. `labels`: the classes of a seq_cls head (default: the config's)."""
+    from retune.models import tasks
 
     path = path or resolve_base(cfg.model.base)
     if cfg.model.dtype == "fp32" or trainable_full:
@@ -98,9 +99,15 @@ def load_base(cfg: RetuneConfig, path: str | None = None, trainable_full: bool =
     attention = cfg.model.attention
     if attention == "auto":
         attention = "sdpa" if torch.cuda.is_available() else "eager"
+    extra: dict[str, Any] = {}
+    if cfg.model.task == "seq_cls":
+        labels = labels or tasks.config_labels(cfg)
+        # a fresh head (or the saved one of a tuned model) with named classes
+        extra = {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}}
     try:
-        model = AutoModelForCausalLM.from_pretrained(
+        model = tasks.auto_class(cfg.model.task).from_pretrained(
             path,
+            **extra,
             dtype=dtype,
             attn_implementation=attention,
             quantization_config=_quantization(cfg.adapter),
@@ -110,7 +117,7 @@ def load_base(cfg: RetuneConfig, path: str | None = None, trainable_full: bool =
     except (OSError, ValueError, RuntimeError, json.JSONDecodeError, SafetensorError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UsageError(f"cannot load model '{cfg.model.base}' from {path}: {first} (corrupt or incomplete checkpoint?)") from None
-    if model.generation_config.pad_token_id is None:
+    if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = model.config.eos_token_id
     return model
 
@@ -164,11 +171,14 @@ def attach_adapter(model: Any, adapter: AdapterConfig) -> Any:
     """Wrap the base with a fresh peft adapter; the base stays frozen."""
     import peft
 
+    from retune.models import tasks
+
     if adapter.quantization != "none":
         # casts norms to fp32 and lets gradients flow into the input embeddings' outputs
         model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     try:
-        return peft.get_peft_model(model, peft_config(adapter))
+        # SEQ_CLS: peft also trains the classification head in full (modules_to_save)
+        return peft.get_peft_model(model, peft_config(adapter, tasks.PEFT_TASK_TYPES[tasks.model_kind(model)]))
     except ValueError as e:
         raise UsageError(f"adapter: {str(e).splitlines()[0]} (check adapter.target_modules)") from None
 

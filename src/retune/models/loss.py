@@ -16,6 +16,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from retune.models import tasks
+
 CHUNK = 1024  # rows of logits alive at once
 COMPILE_MIN_VOCAB = 8192  # below this the softmax is cheap and compiling costs more than it saves
 _compiled: dict[str, Any] = {}
@@ -122,6 +124,8 @@ def _per_row(values: torch.Tensor, rows: torch.Tensor, batch_size: int) -> torch
 
 def token_nll(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row summed NLL of the labelled tokens, and per-row token counts (no gradient needed)."""
+    if tasks.model_kind(model) != "causal_lm":  # seq_cls / seq2seq: their own batch layout (models/tasks.py)
+        return tasks.token_nll(model, batch)
     mask, rows, targets = _positions(batch)
     path = hidden_path(model)
     if path is not None:
@@ -143,6 +147,8 @@ def token_nll(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
 def training_loss(model: Any, batch: dict[str, torch.Tensor], scale: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss to back-propagate, per-row summed NLL detached). The loss is sum(token NLL) * scale;
     `scale` is 1 / (labelled tokens in the optimizer step), optionally times per-row task weights (B,)."""
+    if tasks.model_kind(model) != "causal_lm":
+        return tasks.training_loss(model, batch, scale)
     mask, rows, targets = _positions(batch)
     weights = torch.as_tensor(scale, dtype=torch.float32)
     weights = weights[rows] if weights.ndim else weights.expand(rows.shape[0])

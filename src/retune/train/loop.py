@@ -33,7 +33,7 @@ class LoopIO:
 
 def fit(
     model: Any,
-    train: list[Encoded],
+    train: list[Encoded] | Callable[[int], list[Encoded]],
     val: list[Encoded],
     cfg: TrainerConfig,
     pad_id: int,
@@ -41,11 +41,13 @@ def fit(
     io: LoopIO,
     resume: bool = False,
 ) -> LoopState:
-    lengths = [len(e.input_ids) for e in train]
+    # `train` is a list, or a function epoch -> that epoch's examples (a multi-task mix drawn afresh
+    # each epoch; data/mixing.py). Every epoch has the same size.
+    epoch_examples = train if callable(train) else (lambda epoch: train)
     # One optimizer step consumes a global batch of batch_size x grad_accum examples, split into
     # micro-batches: the same examples meet in a step whatever the split (1x8 == 8x1).
     global_batch = cfg.batch_size * cfg.grad_accum
-    steps = total_steps(cfg, len(train))
+    steps = total_steps(cfg, len(epoch_examples(0)))
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg, steps)
     model, optimizer = accelerator.prepare(model, optimizer)
@@ -67,11 +69,12 @@ def fit(
         io.progress.start(total=steps, done=state.step)
     try:
         while state.step < steps and not state.stopped_early:
-            batches = batch_indices(lengths, global_batch, cfg.seed, state.epoch)
+            pool = epoch_examples(state.epoch)
+            batches = batch_indices([len(e.input_ids) for e in pool], global_batch, cfg.seed, state.epoch)
             while state.batch_in_epoch < len(batches) and state.step < steps:
                 model.train()
                 batch = batches[state.batch_in_epoch]
-                micro = [collate([train[i] for i in batch[s : s + cfg.batch_size]], pad_id) for s in range(0, len(batch), cfg.batch_size)]
+                micro = [collate([pool[i] for i in batch[s : s + cfg.batch_size]], pad_id) for s in range(0, len(batch), cfg.batch_size)]
                 t0 = time.perf_counter()
                 # Normalise by the labelled tokens of the whole optimizer step, so that 8 micro-batches
                 # of 1 give exactly the gradient of one batch of 8 (not a mean of per-batch means).
@@ -80,7 +83,8 @@ def fit(
                 penalty_values: dict[str, float] = {}
                 for mb in micro:
                     with accelerator.autocast():
-                        loss, _ = training_loss(model, mb, 1.0 / n_target)
+                        # per-task loss weights, when the batch has them, scale each row (B,)
+                        loss, _ = training_loss(model, mb, mb["weights"] / n_target if "weights" in mb else 1.0 / n_target)
                         task_loss += loss.item()
                         for reg in io.regularizers:
                             term = reg.batch_penalty(model, mb, 1.0 / n_target)
