@@ -91,13 +91,15 @@ def validate(config: str, set_: SetOpt = None) -> None:
     from retune.config import load_config
 
     cfg = load_config(config, set_)
-    from retune.data.dataset import load_task
+    from retune.data.dataset import load_tasks
     from retune.models.resolve import resolve_base
 
     resolve_base(cfg.model.base, materialise=False)
-    task = load_task(cfg.data, cfg.eval)
-    sizes = f"{len(task.train)} train, {len(task.validation)} validation, {len(task.test)} test"
-    print(f"ok: {config} (task {task.name}: {sizes}; metric {task.metric})")
+    parts = [
+        f"task {t.name}: {len(t.train)} train, {len(t.validation)} validation, {len(t.test)} test; metric {t.metric}"
+        for t in load_tasks(cfg.data, cfg.eval)
+    ]
+    print(f"ok: {config} ({'; '.join(parts)})")
 
 
 @app.command("eval")
