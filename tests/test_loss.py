@@ -71,3 +71,20 @@ def test_bf16_fast_path_close_to_fp32(tiny_model):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             bf16, _ = training_loss(model, batch, 1.0)
     assert bf16.item() == pytest.approx(fp32.item(), rel=2e-2)
+
+
+def test_single_token_label_scoring_equals_general_path(tiny_model):
+    from transformers import AutoModelForCausalLM
+
+    from retune.evaluate import scoring
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32)
+    prompts = [[5, 9, 17, 30], [7, 8], [40, 41, 42, 43, 44, 45]]
+    labels = [[11], [23], [57]]
+    fast = scoring.label_loglik(model, prompts, labels, 0, 2, _no_autocast)
+    general = scoring.label_loglik(model, prompts, [ids + [] for ids in labels] + [[1, 2]], 0, 2, _no_autocast)[:, :3]
+    assert torch.allclose(fast, general, atol=1e-4)
+
+
+def _no_autocast():
+    return torch.autocast("cpu", enabled=False)

@@ -8,11 +8,17 @@ import torch
 
 from retune.data.batching import collate
 from retune.data.templates import Encoded
-from retune.models.loss import token_nll
+from retune.models.loss import hidden_path, token_nll
+
+
+def mean_nll(model: Any, examples: list[Encoded], pad_id: int, batch_size: int, autocast: Any) -> float:
+    total, count = nll_totals(model, examples, pad_id, batch_size, autocast)
+    return total / max(count, 1)
 
 
 @torch.no_grad()
-def mean_nll(model: Any, examples: list[Encoded], pad_id: int, batch_size: int, autocast: Any) -> float:
+def nll_totals(model: Any, examples: list[Encoded], pad_id: int, batch_size: int, autocast: Any) -> tuple[float, int]:
+    """(summed token NLL, labelled tokens): sums, so that shards scored by several processes add up."""
     total, count = 0.0, 0
     model.eval()
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))  # less padding
@@ -22,7 +28,7 @@ def mean_nll(model: Any, examples: list[Encoded], pad_id: int, batch_size: int, 
             nll, n = token_nll(model, batch)
         total += nll.sum().item()
         count += int(n.sum())
-    return total / max(count, 1)
+    return total, count
 
 
 @torch.no_grad()
@@ -31,6 +37,8 @@ def label_loglik(
 ) -> torch.Tensor:
     """(n_prompts, n_labels) summed log-probabilities of each label's tokens after each prompt."""
     model.eval()
+    if all(len(ids) == 1 for ids in label_ids):
+        return _single_token_loglik(model, prompts_ids, [ids[0] for ids in label_ids], pad_id, batch_size, autocast)
     pairs = [(p, l) for p in range(len(prompts_ids)) for l in range(len(label_ids))]
     examples = [Encoded(prompts_ids[p] + label_ids[l], [-100] * len(prompts_ids[p]) + label_ids[l], len(prompts_ids[p])) for p, l in pairs]
     out = torch.empty(len(examples))
@@ -41,6 +49,31 @@ def label_loglik(
             nll, _ = token_nll(model, collate([examples[i] for i in idx], pad_id))
         out[idx] = -nll.float().cpu()
     return out.view(len(prompts_ids), len(label_ids))
+
+
+def _single_token_loglik(
+    model: Any, prompts_ids: list[list[int]], label_tok: list[int], pad_id: int, batch_size: int, autocast: Any
+) -> torch.Tensor:
+    """One forward per prompt when every label is one token: the next-token distribution at the
+    prompt's last position scores all labels at once (exactly what the general path computes,
+    at 1 / n_labels of its cost)."""
+    out = torch.empty(len(prompts_ids), len(label_tok))
+    order = sorted(range(len(prompts_ids)), key=lambda i: len(prompts_ids[i]))
+    labels = torch.tensor(label_tok)
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        batch = collate([Encoded(prompts_ids[i], [-100] * len(prompts_ids[i]), len(prompts_ids[i])) for i in idx], pad_id)
+        last = batch["attention_mask"].sum(dim=1) - 1  # right padding: the last real position of each row
+        with autocast():
+            path = hidden_path(model)
+            if path is not None:
+                hidden = path[0](input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+                logits = path[1](hidden[torch.arange(len(idx)), last])
+            else:
+                logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                logits = logits[:, -batch["input_ids"].shape[1] :][torch.arange(len(idx)), last]
+        out[idx] = torch.log_softmax(logits.float(), dim=-1)[:, labels].cpu()
+    return out
 
 
 @torch.no_grad()
