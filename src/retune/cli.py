@@ -47,12 +47,17 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         debug = bool(os.environ.get("RETUNE_DEBUG"))
+        # one of several training processes: rank 0 reports bad input (every rank meets the same),
+        # other failures name their rank
+        rank = int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+        who = f"rank {rank}: " if rank else ""
         try:
             return fn(*args, **kwargs)
         except RetuneError as e:
             if debug:
                 raise
-            print(f"error: {e}", file=sys.stderr)
+            if not rank:
+                print(f"error: {e}", file=sys.stderr)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
@@ -63,7 +68,7 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
             if debug:
                 raise
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-            print(f"error: {type(e).__name__}: {first} (set RETUNE_DEBUG=1 for the traceback)", file=sys.stderr)
+            print(f"{who}error: {type(e).__name__}: {first} (set RETUNE_DEBUG=1 for the traceback)", file=sys.stderr)
             raise typer.Exit(1) from None
 
     return wrapper
@@ -75,12 +80,60 @@ def train(
     config: Annotated[str | None, typer.Argument(help="YAML config file")] = None,
     set_: SetOpt = None,
     resume: Annotated[str | None, typer.Option(help="Continue an interrupted run from its last checkpoint")] = None,
+    nproc: Annotated[
+        int, typer.Option(help="Data-parallel processes on this machine (torchrun underneath; gloo on CPU, one GPU each on GPUs)")
+    ] = 1,
 ) -> None:
     """Score the base model, fine-tune it, score it again; everything goes into a run directory."""
     _quiet_libraries()
+    from retune.train import distributed
+
+    if nproc < 1:
+        raise UsageError(f"--nproc {nproc}: give a number of processes, 1 or more")
+    if nproc > 1:
+        if distributed.launched():
+            raise UsageError("--nproc inside torchrun / accelerate launch: the launcher already started the processes; drop --nproc")
+        _train_processes(config, set_, resume, nproc)
+        return
     from retune.run import train as run_train
 
-    run_dir, _ = run_train(config, set_, resume)
+    with distributed.quiet_off_main():
+        run_dir, _ = run_train(config, set_, resume)
+    if not os.environ.get("RETUNE_LAUNCHER") and distributed.is_main():  # under --nproc, the parent prints it
+        print(run_dir / "summary.json")
+
+
+def _train_processes(config: str | None, set_: list[str] | None, resume: str | None, nproc: int) -> None:
+    """`retune train --nproc N`: the same command in N processes under torchrun; one line if one fails."""
+    from pathlib import Path
+
+    from retune.config import load_config
+    from retune.io import write_json
+    from retune.run import plan_run_dir
+    from retune.train import distributed
+
+    if resume:
+        run_dir = Path(resume)
+        if not (run_dir / "config.yaml").exists():
+            raise UsageError(f"--resume {run_dir}: not a run directory (no config.yaml)")
+    elif config is None:
+        raise UsageError("give a config file (retune train CONFIG) or --resume RUN_DIR")
+    else:
+        run_dir = plan_run_dir(load_config(config, set_))  # bad config: exit 2 before any process starts
+    args = ["retune.cli", "train", *([config] if config else []), *[f"--set={s}" for s in set_ or []]]
+    args += ["--resume", resume] if resume else []
+    try:
+        distributed.launch(args, nproc, env={"RETUNE_LAUNCHER": "1", "RETUNE_RUN_DIR": "" if resume else str(run_dir)})
+    except distributed.LaunchFailed as e:
+        if e.exit_code == 2:  # bad input: rank 0 has said what
+            raise typer.Exit(2) from None
+        hint = f"resume with: retune train --resume {run_dir} --nproc {nproc}"
+        if (run_dir / "config.yaml").exists():
+            summary = run_dir / "summary.json"
+            old = json.loads(summary.read_text()) if summary.exists() else {"run_dir": str(run_dir)}
+            write_json(summary, {**old, "status": f"failed: {e}; {hint}"})
+            raise RetuneError(f"{e}. Checkpoints are written whole or not at all: {hint}") from None
+        raise RetuneError(str(e)) from None
     print(run_dir / "summary.json")
 
 

@@ -34,6 +34,7 @@ from retune.models.load import (
     prepare_for_training,
 )
 from retune.models.resolve import resolve_base
+from retune.train import distributed as dist
 from retune.train.checkpoint import LoopState
 from retune.train.loop import LoopIO, fit
 
@@ -77,7 +78,7 @@ class Prepared:
 
 
 def setup_torch(cfg: RetuneConfig) -> None:
-    threads = cfg.trainer.threads or len(os.sched_getaffinity(0))
+    threads = cfg.trainer.threads or max(1, len(os.sched_getaffinity(0)) // dist.local_world())  # processes share the cores
     torch.set_num_threads(threads)
 
 
@@ -149,13 +150,19 @@ def evaluate_tasks(model: Any, prep: Prepared, autocast: Any, log: Any = None, s
 
 
 def new_run_dir(cfg: RetuneConfig) -> Path:
+    # the `--nproc` launcher names it up front, so that it can point at it if a process fails
+    run_dir = Path(os.environ["RETUNE_RUN_DIR"]) if os.environ.get("RETUNE_RUN_DIR") else plan_run_dir(cfg)
+    run_dir.mkdir(parents=True)
+    return run_dir
+
+
+def plan_run_dir(cfg: RetuneConfig) -> Path:
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir = Path(cfg.output.dir) / f"{cfg.output.name or 'run'}-{stamp}"
     n = 1
     while run_dir.exists():
         n += 1
         run_dir = Path(cfg.output.dir) / f"{cfg.output.name or 'run'}-{stamp}-{n}"
-    run_dir.mkdir(parents=True)
     return run_dir
 
 
@@ -175,6 +182,7 @@ def train(config_path: str | None, overrides: list[str] | None = None, resume: s
             raise UsageError("give a config file (retune train CONFIG) or --resume RUN_DIR")
         cfg = load_config(config_path, overrides)
         run_dir = None
+    dist.init()  # launched as several processes (torchrun / accelerate launch): join the group
     setup_torch(cfg)
 
     from transformers import set_seed
@@ -182,13 +190,14 @@ def train(config_path: str | None, overrides: list[str] | None = None, resume: s
     set_seed(cfg.trainer.seed)
     # Everything that can fail on bad input (model, data, template) is checked before the run
     # directory exists, so a rejected config leaves nothing behind.
-    model_path = resolve_base(cfg.model.base)
-    prep = prepare_data(cfg, model_path)
+    model_path = dist.main_first(lambda: resolve_base(cfg.model.base))  # rank 0 fills the caches first
+    prep = dist.main_first(lambda: prepare_data(cfg, model_path))
     full = cfg.adapter.type == "full"
     model = load_base(cfg, model_path, trainable_full=full, labels=prep.task.labels)
     if run_dir is None:
-        run_dir = new_run_dir(cfg)
-        write_text(run_dir / "config.yaml", to_yaml(cfg))
+        run_dir = dist.agree(lambda: new_run_dir(cfg))  # rank 0 writes the run directory, for all ranks
+        if dist.is_main():
+            write_text(run_dir / "config.yaml", to_yaml(cfg))
     console.print(f"run directory: {run_dir}")
     accelerator = make_accelerator(cfg, run_dir)
     if cfg.trainer.logger != "none":
@@ -197,6 +206,8 @@ def train(config_path: str | None, overrides: list[str] | None = None, resume: s
     metrics_path = run_dir / "metrics.jsonl"
 
     def log(row: dict) -> None:
+        if not dist.is_main():
+            return
         append_jsonl(metrics_path, {"time": round(time.time(), 3), **row})
         numeric = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
         if cfg.trainer.logger != "none" and numeric:
@@ -209,9 +220,10 @@ def train(config_path: str | None, overrides: list[str] | None = None, resume: s
         import json
 
         base_scores = json.loads(base_file.read_text())
-    elif cfg.eval.before:
+    elif cfg.eval.before and dist.is_main():  # the other processes wait at the barrier below
         base_scores = evaluate_tasks(model, prep, autocast, log, stage="base model")
         write_json(base_file, base_scores)
+    dist.barrier()
 
     set_seed(cfg.trainer.seed)  # adapter init does not depend on whether the base was scored
     model = prepare_for_training(model, cfg, bf16_autocast=accelerator.mixed_precision == "bf16")
@@ -219,7 +231,7 @@ def train(config_path: str | None, overrides: list[str] | None = None, resume: s
     trainable, total = count_params(model)
     console.print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
 
-    io = LoopIO(ckpt_dir=run_dir / "checkpoints", log=log, progress=LiveProgress())
+    io = LoopIO(ckpt_dir=run_dir / "checkpoints", log=log, progress=LiveProgress() if dist.is_main() else None)
     io.ckpt_dir.mkdir(exist_ok=True)
     names = [t.name for t in prep.tasks]
     summary: dict[str, Any] = {
@@ -233,9 +245,12 @@ def train(config_path: str | None, overrides: list[str] | None = None, resume: s
         state = fit(model, prep.epoch_examples, prep.val, cfg.trainer, prep.tok.pad_token_id, accelerator, io, resume=bool(resume))
     except KeyboardInterrupt:
         summary["status"] = f"interrupted; resume with: retune train --resume {run_dir}"
-        write_json(run_dir / "summary.json", summary)
+        if dist.is_main():
+            write_json(run_dir / "summary.json", summary)
         raise
     model = accelerator.unwrap_model(model)
+    if not dist.is_main():  # rank 0 holds the same weights: it scores, saves and summarises
+        return run_dir, summary
 
     final = evaluate_tasks(model, prep, autocast, log, stage="tuned model")
     if cfg.output.save_model:

@@ -32,6 +32,10 @@ def auto_class(kind: str) -> Any:
 
 
 def model_kind(model: Any) -> str:
+    import torch
+
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):  # data-parallel training wraps the model
+        model = model.module
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     if type(base).__name__.endswith("ForSequenceClassification"):
         return "seq_cls"
