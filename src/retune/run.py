@@ -92,6 +92,12 @@ def make_accelerator(cfg: RetuneConfig, run_dir: Path | None = None) -> Any:
 
         if importlib.util.find_spec("mlflow") is None:
             raise UsageError("trainer.logger=mlflow needs the mlflow package: pip install mlflow (or use tensorboard)")
+    # Accelerate keeps its precision in a process-wide singleton; one process may build several
+    # accelerators (train then eval, or many runs in a test session), each with its own precision.
+    # The process-group half (PartialState) is kept, so this is safe under torchrun.
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state()
     return Accelerator(mixed_precision=mp, log_with=log_with, project_dir=str(run_dir) if run_dir else None)
 
 
