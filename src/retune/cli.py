@@ -198,6 +198,32 @@ def generate(
 
 
 @app.command()
+@command
+def plan(
+    config: Annotated[str, typer.Argument(help="YAML config file")],
+    budget: Annotated[
+        str | None, typer.Option(help="Memory budget, e.g. 8GB or 512MB: does the run fit, else the cheapest change that does")
+    ] = None,
+    json_: Annotated[bool, typer.Option("--json", help="Print the plan as JSON on stdout")] = False,
+    set_: SetOpt = None,
+) -> None:
+    """Predict the run's peak memory (weights, gradients, optimizer, activations, ...) without loading weights."""
+    _quiet_libraries()
+    from retune import plan as planner
+    from retune.config import load_config
+
+    budget_mb = planner.parse_budget(budget) if budget is not None else None
+    cfg = load_config(config, set_)
+    shape = planner.model_shape(cfg)
+    result = planner.estimate(cfg, shape)
+    if budget_mb is not None:
+        planner.check_budget(cfg, result, budget_mb, shape)
+    planner.print_plan(result, config)
+    if json_:
+        print(json.dumps(result.to_dict(), indent=2))
+
+
+@app.command()
 def models() -> None:
     """List the built-in models."""
     from retune.models.builtin import BUILTIN_MODELS

@@ -1,0 +1,501 @@
+"""Predict a run's peak memory before loading any weights: `retune plan CONFIG`.
+
+The model is built on the meta device (shapes, no storage) to count parameters; every part is then
+computed from the config's shapes, the batch shapes the loop will see, and the dtype rules of
+retune's training path (models/load.py, models/loss.py, train/loop.py):
+
+- full fine-tuning: fp32 master weights, fp32 gradients, fused AdamW (fp32 exp_avg + exp_avg_sq),
+  matmuls under bf16 autocast, which caches a bf16 copy of every weight for the whole forward;
+- LoRA / other adapters: frozen base in bf16 (fp32 without fast bf16), adapters fp32;
+- QLoRA: NF4 block linears (0.5 byte + double-quantised absmax), peft's k-bit preparation casts
+  every other weight (embeddings, norms, untied head) to fp32;
+- attention: eager on CPU saves the (B, heads, T, T) probabilities of every layer; SDPA does not;
+- loss: only labelled positions reach the head, 1024 rows of logits at a time.
+
+The peak is the largest of three moments: loading, scoring (no gradients), and training, where it
+is weights + optimizer states + max(end of forward: saved activations + loss buffers, optimizer
+step: gradients). The measured constants are RUNTIME_MB and COMPILE_MB; per-layer activation
+coefficients are counts of the tensors autograd saves (checked with saved_tensors_hooks).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from retune.config import RetuneConfig
+from retune.errors import UsageError
+
+MB = 2**20
+# RSS of a `retune train` process before any weights: python + torch + transformers + peft +
+# accelerate imports (253 MB), tokenizer, encoded data and the retain probe (~480 MB in all).
+# Measured by benchmarks/plan_validate.py (its per-phase peaks: the "data" phase, and the RSS after
+# scoring minus the resident bf16 weights), on a 2-CPU x86 box with torch 2.13 CPU.
+RUNTIME_MB = 480.0
+# torch.compile (inductor) of the fused cross-entropy kernel, paid once in the training phase when
+# the vocabulary is >= models.loss.COMPILE_MIN_VOCAB: same script, trainer.compile true vs false.
+COMPILE_MB = 250.0
+CE_CHUNK = 1024  # models/loss.py CHUNK: rows of logits alive at once
+NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit codes + 8-bit absmax per 64 + fp32 per 256 blocks
+
+
+@dataclass
+class Shape:
+    """What the estimate needs from a model: sizes from its config, counts from its meta skeleton."""
+
+    kind: str  # causal_lm | seq2seq | seq_cls
+    layers: int  # decoder layers (or the encoder's, for seq_cls)
+    enc_layers: int  # seq2seq encoder layers, else 0
+    hidden: int
+    intermediate: int
+    heads: int
+    kv_heads: int
+    head_dim: int
+    vocab: int
+    gated: bool  # gate/up/down MLP (Llama, T5 v1.1) vs two-matrix MLP (BLOOM, GPT-2)
+    params: int  # unique parameters (a tied head counted once)
+    quantisable: int  # nn.Linear weights bitsandbytes would quantise (all but the output head)
+    head: int  # output-head parameters if untied, else 0
+    dropout: bool = False  # the model's own dropout is on in training (T5: dropout_rate 0.1)
+    adapter: int = 0  # trainable parameters of the configured adapter (0: full fine-tuning)
+    adapted_in: dict[str, int] = field(default_factory=dict)  # adapted module suffix -> in_features
+
+
+def model_shape(cfg: RetuneConfig, path: str | None = None) -> Shape:
+    """Shape of cfg.model.base from its config.json alone: the model is built on the meta device."""
+    from transformers import AutoConfig
+
+    from retune.models.resolve import resolve_base
+
+    path = path or resolve_base(cfg.model.base)
+    try:
+        config = AutoConfig.from_pretrained(path, revision=cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise UsageError(f"cannot read the config of '{cfg.model.base}': {str(e).splitlines()[0]}") from None
+    return shape_from_config(config, cfg.model.task, cfg.adapter if cfg.adapter.type != "full" else None)
+
+
+def shape_from_config(config: Any, kind: str = "causal_lm", adapter: Any = None, tie_head: bool | None = None) -> Shape:
+    """`tie_head`: whether the output head shares the input embeddings, when the config object cannot
+    say (transformers 5 forces tie_word_embeddings=True on mT5 configs whatever config.json says)."""
+    import torch
+    from accelerate import init_empty_weights
+
+    from retune.models import tasks
+
+    c = config.get_text_config() if hasattr(config, "get_text_config") else config
+    with init_empty_weights():
+        if kind == "seq_cls":
+            config.num_labels = max(getattr(config, "num_labels", 2), 2)
+        model = tasks.auto_class(kind).from_config(config)
+        head = model.get_output_embeddings()
+        # from_config on meta leaves tied weights as separate tensors: count each tie once (the
+        # output head only when the config ties it)
+        named = dict(model.named_parameters())
+        head_key = next((n for n, p in named.items() if head is not None and p is head.weight), None)
+        # transformers 5 keeps T5's own flag as scale_decoder_outputs (False: v1.1 / mT5, untied head)
+        if tie_head is None:
+            tie_head = bool(getattr(c, "tie_word_embeddings", False)) and getattr(c, "scale_decoder_outputs", True)
+        ties = getattr(model, "all_tied_weights_keys", None) or getattr(model, "_tied_weights_keys", None) or {}
+        ties = (
+            {t: src for t, src in dict(ties).items() if t in named and src in named and (t != head_key or tie_head)}
+            if isinstance(ties, dict)
+            else {}
+        )
+        duplicate = sum(named[t].numel() for t, src in ties.items() if named[t] is not named[src])
+        tied = head is None or head_key is None or head_key in ties
+        linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear) and m is not head]
+        adapted: dict[str, int] = {}
+        trainable = 0
+        if adapter is not None:
+            from retune.models.load import attach_adapter
+
+            plain = adapter.model_copy(update={"quantization": "none"})  # counts only: no bitsandbytes on meta
+            peft_model = attach_adapter(model, plain)
+            trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+            trainable -= sum(named[t].numel() for t in ties if named[t].requires_grad and named[t] is not named[ties[t]])
+            for name, m in peft_model.named_modules():
+                if hasattr(m, "lora_A") and hasattr(m, "in_features") and m.lora_A:
+                    adapted[name.rsplit(".", 1)[-1]] = m.in_features
+    hidden = c.hidden_size
+    heads = c.num_attention_heads
+    head_dim = getattr(c, "head_dim", None) or getattr(c, "d_kv", None) or hidden // heads
+    inter = getattr(c, "intermediate_size", None) or getattr(c, "d_ff", None) or getattr(c, "n_inner", None) or 4 * hidden
+    gated = "gated" in str(getattr(c, "feed_forward_proj", "")) or getattr(c, "hidden_act", None) == "silu"
+    enc = getattr(c, "num_layers", 0) if getattr(c, "is_encoder_decoder", False) else 0
+    layers = (getattr(c, "num_decoder_layers", None) or enc) if enc else c.num_hidden_layers
+    return Shape(
+        kind=kind,
+        layers=layers,
+        enc_layers=enc,
+        hidden=hidden,
+        intermediate=inter,
+        heads=heads,
+        kv_heads=getattr(c, "num_key_value_heads", None) or heads,
+        head_dim=head_dim,
+        vocab=c.vocab_size,
+        gated=bool(gated),
+        params=sum(p.numel() for p in model.parameters()) - duplicate,
+        quantisable=sum(m.weight.numel() for m in linears),
+        head=0 if tied else head.weight.numel(),
+        dropout=any(float(getattr(c, k, 0) or 0) > 0 for k in ("dropout_rate", "hidden_dropout", "attention_dropout", "resid_pdrop")),
+        adapter=trainable,
+        adapted_in=adapted,
+    )
+
+
+@dataclass
+class Batch:
+    """The largest micro-batch the loop will see (activations grow with it)."""
+
+    size: int
+    seq_len: int  # padded length (decoder length for seq2seq)
+    labelled: int  # rows that reach the output head in that micro-batch
+    enc_len: int = 0  # seq2seq encoder length
+    source: str = "assumed"  # "data": measured on the tokenised training set
+
+
+def batch_shape(cfg: RetuneConfig) -> Batch:
+    """Tokenise the training data (no model weights) and find the micro-batch with the most tokens
+    among the optimizer steps the run will take; without data access, assume full-length rows."""
+    t = cfg.trainer
+    worst = Batch(t.batch_size, cfg.data.max_length, t.batch_size * cfg.data.max_length if cfg.data.train_on_prompt else t.batch_size * 8)
+    try:
+        from retune.data.batching import batch_indices
+        from retune.run import prepare_data
+        from retune.train.optim import total_steps
+
+        prep = prepare_data(cfg)
+    except Exception:  # no tokenizer or data here: the worst case stands (marked "assumed")
+        return worst
+    steps = total_steps(t, len(prep.epoch_examples(0)))
+    best, taken, epoch = None, 0, 0
+    while taken < steps and epoch < 3:
+        pool = prep.epoch_examples(epoch)
+        for batch in batch_indices([len(e.input_ids) for e in pool], t.batch_size * t.grad_accum, t.seed, epoch):
+            for s in range(0, len(batch), t.batch_size):
+                micro = [pool[i] for i in batch[s : s + t.batch_size]]
+                width = max(len(e.input_ids) for e in micro)
+                labelled = sum(sum(1 for y in e.labels[1:] if y != -100) for e in micro)
+                dec = max(len(e.labels) for e in micro) if cfg.model.task == "seq2seq" else width
+                key = len(micro) * (dec + width if cfg.model.task == "seq2seq" else width) ** 1.3
+                if best is None or key > best[0]:
+                    best = (key, Batch(len(micro), dec, labelled, width if cfg.model.task == "seq2seq" else 0, "data"))
+            taken += 1
+            if taken >= steps:
+                break
+        epoch += 1
+    return best[1] if best else worst
+
+
+@dataclass
+class Rules:
+    """Dtype and kernel rules of a training path (defaults: retune on this machine)."""
+
+    frozen_bytes: int = 2  # frozen base weights (bf16; 4 without fast bf16)
+    act_bytes: int = 2  # activations of the matmuls (bf16 autocast; 4 in fp32)
+    autocast: bool = True  # fp32 masters under bf16 autocast (the weight-cast cache exists)
+    eager: bool = True  # attention probabilities saved (eager); False: SDPA / flash
+    chunked_ce: bool = True  # retune's LinearCrossEntropy; False: full (B, T, V) fp32 logits (HF loss)
+    runtime_mb: float = RUNTIME_MB
+    compile_mb: float = COMPILE_MB
+
+    @classmethod
+    def for_config(cls, cfg: RetuneConfig) -> Rules:
+        from retune.models.load import bf16_fast
+
+        fast = cfg.trainer.precision == "bf16" or (cfg.trainer.precision == "auto" and bf16_fast())
+        frozen = 4 if cfg.model.dtype == "fp32" or (cfg.model.dtype == "auto" and not bf16_fast()) else 2
+        compile_mb = COMPILE_MB if cfg.trainer.compile else 0.0
+        return cls(frozen, 2 if fast else 4, fast, cfg.model.attention != "sdpa", True, RUNTIME_MB, compile_mb)
+
+
+@dataclass
+class Plan:
+    parts: dict[str, float]  # MB
+    peak_mb: float
+    phase: str  # which moment is the peak: load | eval | train
+    phases: dict[str, float]  # MB at each moment
+    batch: dict[str, Any]
+    notes: list[str]
+    budget_mb: float | None = None
+    fits: bool | None = None
+    suggestion: str | None = None
+    suggested_peak_mb: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["parts"] = {k: round(v, 1) for k, v in self.parts.items()}
+        d["phases"] = {k: round(v, 1) for k, v in self.phases.items()}
+        d["peak_mb"] = round(self.peak_mb, 1)
+        return d
+
+
+def layer_activation_bytes(
+    s: Shape, method: str, rules: Rules, tokens: int, seq: int, lora_dropout: bool = True, dropout: bool = False
+) -> float:
+    """Bytes autograd saves in one decoder layer for `tokens` tokens of length-`seq` rows.
+
+    Counts, per token, of the saved tensors (h hidden, A = heads x head_dim, K = kv heads x head_dim,
+    i intermediate); checked against torch.autograd.graph.saved_tensors_hooks on SmolLM2-135M
+    (B in {2, 4}, T in {64, 128}): full 31.5k vs 32.0k, LoRA all-linear 37.6k vs 37.4k, QLoRA 56.4k
+    vs 55.3k bytes per token per layer, plus 6 x heads x T for eager attention in all three.
+    """
+    h, a, k, i = s.hidden, s.heads * s.head_dim, s.kv_heads * s.head_dim, s.intermediate
+    mlp = 1.0 if s.gated else 0.5  # two-matrix MLPs save half the intermediate tensors
+    if not rules.autocast or rules.act_bytes == 4:
+        # everything fp32 (the seed's GPU runs). Frozen linears save no input (no weight gradient).
+        full_ft = method == "full"
+        mlp_t = (3 if s.gated else 1) * i  # gated: gate out, activation out, up out; else the activation input
+        per_tok = 4 * (2 * h + 3 * a + mlp_t)  # norm inputs, q/k/v for the attention matmuls, MLP tensors
+        if full_ft:
+            per_tok += 4 * (2 * h + 2 * h + a + i)  # normalised values, linear inputs (norm outputs, context, MLP product)
+        if dropout:  # model dropout: masks + outputs after attention, after the MLP, inside the MLP
+            per_tok += 5 * (2 * h + i)
+        if not full_ft:
+            per_tok += sum((5 if lora_dropout else 4) * fan_in for fan_in in s.adapted_in.values())
+        probs = 4 + (5 if dropout else 0)
+    elif method == "full":  # fp32 residual stream, bf16 casts of every matmul input
+        per_tok = 20 * h + 12 * a + 4 * k + 8 * i * mlp
+        probs = 6  # fp32 softmax output + its bf16 cast
+    else:
+        qlora = method == "qlora"
+        # without adapters: norm tensors, q/k/v/rotary/attention inputs, MLP tensors (fp32 under QLoRA,
+        # whose k-bit preparation makes the residual stream fp32)
+        per_tok = (8 * h + 14 * a + 8 * k + 12 * i * mlp) if qlora else (12 * h + 10 * a + 4 * k + 6 * i * mlp)
+        # each adapted linear saves its dropout mask (1 byte) and dropped input (2, or 4 when fp32)
+        per_in = (5 if qlora else 3) if lora_dropout else (4 if qlora else 2)
+        for name, fan_in in s.adapted_in.items():
+            if name in ("o_proj", "down_proj", "dense_4h_to_h", "wo", "o", "dense", "c_proj"):
+                per_in_here = 3 if name in ("o_proj", "o", "dense") else per_in  # attention output is bf16
+            else:
+                per_in_here = per_in
+            per_tok += per_in_here * fan_in
+        probs = 6
+    attn = probs * s.heads * seq if rules.eager else 0
+    return tokens * (per_tok + attn)
+
+
+def estimate(cfg: RetuneConfig, shape: Shape | None = None, batch: Batch | None = None, rules: Rules | None = None) -> Plan:
+    """The predicted peak memory of `retune train cfg`, in parts."""
+    s = shape or model_shape(cfg)
+    b = batch or batch_shape(cfg)
+    r = rules or Rules.for_config(cfg)
+    method = "full" if cfg.adapter.type == "full" else ("qlora" if cfg.adapter.quantization in ("nf4", "fp4") else "lora")
+    int8 = cfg.adapter.quantization == "int8"
+    notes: list[str] = []
+    P, V, h = s.params, s.vocab, s.hidden
+
+    # weights
+    if method == "full":
+        weights = 4 * P if r.autocast or r.act_bytes == 4 else 2 * P
+        trainable = P
+    elif method == "qlora" or int8:
+        q = NF4_BYTES if method == "qlora" else 1.0 + 4 / 64  # int8 codes + row scales (approximate)
+        weights = q * s.quantisable + 4 * (P - s.adapter - s.quantisable)  # k-bit preparation: the rest in fp32
+        trainable = s.adapter
+    else:
+        weights = r.frozen_bytes * (P - s.adapter)
+        trainable = s.adapter
+    adapter = 4 * s.adapter if method != "full" else 0.0
+    grads = 4 * trainable
+    optimizer = 8 * trainable
+
+    # activations: every layer's saved tensors (or, with checkpointing, each layer's input plus one
+    # layer recomputed in the backward), the final norm, the encoder for seq2seq
+    tokens = b.size * b.seq_len
+    per_layer = layer_activation_bytes(s, method, r, tokens, b.seq_len, cfg.adapter.dropout > 0, s.dropout)
+    resid = (4 if method in ("full", "qlora") or not r.autocast else 2) * h
+    enc = 0.0
+    if s.enc_layers:
+        enc_tokens = b.size * b.enc_len
+        enc_layer = layer_activation_bytes(s, method, r, enc_tokens, b.enc_len, cfg.adapter.dropout > 0, s.dropout)
+        enc = (s.enc_layers * resid * enc_tokens + enc_layer) if cfg.trainer.gradient_checkpointing else s.enc_layers * enc_layer
+        per_layer *= 1.5  # cross-attention: a second attention block per decoder layer
+        # cross-attention probabilities (fp32 + dropout) and the encoder keys/values it projects
+        per_layer += 9 * b.size * b.seq_len * s.heads * b.enc_len + 8 * s.heads * s.head_dim * enc_tokens
+    if cfg.trainer.gradient_checkpointing:
+        act = s.layers * resid * tokens + per_layer
+    else:
+        act = s.layers * per_layer
+    act += enc + 8 * h * tokens  # final norm
+
+    # loss: logits of one chunk of labelled rows, dh of every labelled row, and for a trainable head
+    # its fp32 gradient plus a bf16 copy of an fp32 head
+    rows = min(b.labelled, CE_CHUNK)
+    head_trainable = method == "full"
+    head_fp32 = method in ("full", "qlora") or r.frozen_bytes == 4
+    if r.chunked_ce:
+        chunk = rows * V * (r.act_bytes + 2 if r.compile_mb else 24)  # compiled: logits + gradient; eager: ~6 fp32 temporaries
+        logits = chunk + b.labelled * h * r.act_bytes + (4 * V * h if head_trainable else 0)
+        logits += 2 * V * h if head_fp32 and r.autocast else 0
+    else:  # HF loss: fp32 logits of every position, their softmax and gradient
+        logits = 3 * 4 * b.size * b.seq_len * V
+    # autocast keeps a bf16 copy of each fp32 weight it casts, until the backward frees it
+    cast_cache = 2 * s.quantisable if method == "full" and r.autocast else 0.0
+
+    retention, teacher = 0.0, 0.0
+    per_method = {"ewc": 2, "l2sp": 1, "si": 6}  # fp32 copies of the trainable parameters (retention/*.py)
+    for m in cfg.retention:
+        if m.method in per_method:
+            retention += per_method[m.method] * 4 * trainable
+        elif m.method == "distill" and method == "full":
+            teacher = weights  # a frozen copy of the model; under adapters the base itself (adapters off)
+    if any(m.method == "distill" for m in cfg.retention):
+        notes.append("distillation's extra forward (teacher logits) is not modelled")
+
+    compile_mb = r.compile_mb if V >= 8192 and r.chunked_ce else 0.0
+    fixed = r.runtime_mb * MB + weights + adapter + retention + teacher
+    train = fixed + compile_mb * MB + optimizer + max(act + logits + cast_cache, grads)
+    # scoring (before and after training): weights plus one layer's no-grad temporaries at eval batch
+    eval_rows = cfg.eval.batch_size
+    eval_tmp = eval_rows * b.seq_len * (8 * h + 4 * s.intermediate + (8 * s.heads * b.seq_len if r.eager else 0))
+    evaluation = fixed + optimizer + eval_tmp
+    # loading: transformers reads the checkpoint through mmap; a dtype conversion holds both copies
+    load = r.runtime_mb * MB + weights + (r.frozen_bytes * P if method != "lora" or r.frozen_bytes != 2 else 0)
+    phases = {"load": load / MB, "eval": evaluation / MB, "train": train / MB}
+    phase = max(phases, key=phases.get)
+    parts = {
+        "runtime": r.runtime_mb + compile_mb,
+        "weights": weights / MB,
+        "adapter": adapter / MB,
+        "gradients": grads / MB,
+        "optimizer": optimizer / MB,
+        "activations": (act + cast_cache) / MB,
+        "logits": logits / MB,
+        "retention": retention / MB,
+        "teacher": teacher / MB,
+    }
+    if b.source == "assumed":
+        notes.append(f"data not readable here: assumed every row is {b.seq_len} tokens")
+    shape_d = {"batch_size": b.size, "seq_len": b.seq_len, "labelled_rows": b.labelled, "source": b.source}
+    return Plan(parts, phases[phase], phase, phases, shape_d, notes)
+
+
+# ---------------------------------------------------------------- budget and suggestions
+
+_UNITS = {
+    "": MB,
+    "b": 1,
+    "k": 2**10,
+    "kb": 2**10,
+    "kib": 2**10,
+    "m": MB,
+    "mb": MB,
+    "mib": MB,
+    "g": 2**30,
+    "gb": 2**30,
+    "gib": 2**30,
+    "t": 2**40,
+    "tb": 2**40,
+}
+
+
+def parse_budget(text: str) -> float:
+    """'8GB', '8 GiB', '512MB', '1.5g' -> MB (binary units; a bare number is MB)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", text or "")
+    unit = m.group(2).lower() if m else ""
+    if not m or unit not in _UNITS or float(m.group(1)) <= 0:
+        raise UsageError(f"--budget {text!r}: expected a size such as 8GB, 512MB or 1.5GiB")
+    return float(m.group(1)) * _UNITS[unit] / MB
+
+
+def candidates(cfg: RetuneConfig) -> list[tuple[str, list[str]]]:
+    """Cheaper variants, cheapest change first: method, then batch split, checkpointing, length."""
+    out: list[tuple[str, list[str]]] = []
+    t, d = cfg.trainer, cfg.data
+    if cfg.adapter.type == "full":
+        out.append(("LoRA instead of full fine-tuning", ["adapter.type=lora"]))
+    if cfg.adapter.quantization == "none" and cfg.adapter.type in ("full", "lora", "dora"):
+        out.append(("QLoRA (4-bit base)", ["adapter.type=qlora"]))
+    bs, acc = t.batch_size, t.grad_accum
+    while bs > 1:
+        bs, acc = bs // 2, acc * 2
+        out.append(
+            (f"batch_size={bs} with grad_accum={acc} (same global batch)", [f"trainer.batch_size={bs}", f"trainer.grad_accum={acc}"])
+        )
+    if not t.gradient_checkpointing:
+        out.append(("gradient checkpointing", ["trainer.gradient_checkpointing=true", f"trainer.batch_size={t.batch_size}"]))
+    length = d.max_length
+    while length > 64:
+        length //= 2
+        out.append((f"data.max_length={length}", [f"data.max_length={length}"]))
+    return out
+
+
+def check_budget(cfg: RetuneConfig, plan: Plan, budget_mb: float, shape: Shape | None = None) -> Plan:
+    """Mark whether the plan fits, and if not, the first change of candidates() that does (the
+    cheapest); failing every single change, a method change combined with a later one."""
+    plan.budget_mb, plan.fits = budget_mb, plan.peak_mb <= budget_mb
+    if plan.fits:
+        return plan
+    options = candidates(cfg)
+    methods = [o for o in options if o[1][0].startswith("adapter.")]
+    rest = [o for o in options if o not in methods]
+    tries = options + [(f"{m[0]} and {o[0]}", m[1] + o[1]) for m in methods for o in rest]
+    shapes: dict[str, Shape] = {}
+    for label, sets in tries:
+        new = _changed(cfg, sets)
+        if new.adapter.type == cfg.adapter.type and shape is not None:
+            s = shape
+        else:
+            s = shapes.get(new.adapter.type) or shapes.setdefault(new.adapter.type, model_shape(new))
+        p = estimate(new, s, _scaled_batch(new, plan))
+        if p.peak_mb <= budget_mb:
+            plan.suggestion, plan.suggested_peak_mb = label, p.peak_mb
+            return plan
+    plan.suggestion = "nothing tried fits: a smaller model, or a larger budget"
+    return plan
+
+
+def _changed(cfg: RetuneConfig, sets: list[str]) -> RetuneConfig:
+    from retune.config import apply_override, validate
+
+    raw = copy.deepcopy(cfg.model_dump(mode="json", exclude_unset=True))
+    for item in sets:
+        apply_override(raw, item)
+    return validate(raw)
+
+
+def _scaled_batch(new: RetuneConfig, plan: Plan) -> Batch:
+    """The worst micro-batch of `new` from `old`'s, without re-reading the data."""
+    b = plan.batch
+    size = min(b["batch_size"], new.trainer.batch_size)
+    seq = min(b["seq_len"], new.data.max_length)
+    labelled = math.ceil(b["labelled_rows"] * size / max(b["batch_size"], 1) * (seq / b["seq_len"] if new.data.train_on_prompt else 1))
+    return Batch(size, seq, min(labelled, size * seq), 0, b["source"])
+
+
+def print_plan(plan: Plan, title: str = "") -> None:
+    """The parts, the peak and the budget verdict as a table on stderr (stdout stays for --json)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    out = Console(stderr=True)
+    table = Table(title=f"memory plan {title}".strip(), show_header=True)
+    table.add_column("part")
+    table.add_column("MB", justify="right")
+    for name, mb in plan.parts.items():
+        if mb >= 0.05:
+            table.add_row(name, f"{mb:,.0f}")
+    for name, mb in plan.phases.items():
+        table.add_row(f"at {name}", f"{mb:,.0f}", style="dim")
+    table.add_row("peak", f"{plan.peak_mb:,.0f}", style="bold")
+    out.print(table)
+    b = plan.batch
+    rows = f"{b['batch_size']} x {b['seq_len']} tokens, {b['labelled_rows']} labelled ({b['source']})"
+    out.print(f"largest micro-batch: {rows}; peak while {plan.phase}")
+    for note in plan.notes:
+        out.print(f"[yellow]note: {note}")
+    if plan.budget_mb is not None:
+        verdict = "[green]fits" if plan.fits else "[red]does not fit"
+        out.print(f"budget {plan.budget_mb:,.0f} MB: {verdict}")
+        if not plan.fits and plan.suggestion:
+            after = f" (peak {plan.suggested_peak_mb:,.0f} MB)" if plan.suggested_peak_mb else ""
+            out.print(f"cheapest change that fits: {plan.suggestion}{after}")
+
+
+__all__ = ["Batch", "Plan", "Rules", "Shape", "batch_shape", "check_budget", "estimate", "model_shape", "parse_budget", "print_plan"]
