@@ -199,6 +199,28 @@ def generate(
 
 @app.command()
 @command
+def distill(
+    teacher: Annotated[str, typer.Argument(help="A fine-tuned run directory (the teacher)")],
+    layers: Annotated[int | None, typer.Option(help="Student = the teacher with this many of its layers (evenly spaced)")] = None,
+    student: Annotated[str | None, typer.Option(help="Student = this smaller model (same tokenizer): built-in, folder or hub id")] = None,
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Output folder (default: TEACHER/student)")] = None,
+    steps: Annotated[int, typer.Option(help="Optimizer steps")] = 200,
+    lr: Annotated[float, typer.Option(help="Learning rate")] = 1e-4,
+    temperature: Annotated[float, typer.Option(help="Distillation temperature T")] = 2.0,
+    weight: Annotated[float, typer.Option(help="Weight of the KL term next to the task loss")] = 1.0,
+    set_: SetOpt = None,
+) -> None:
+    """Distil a fine-tuned teacher into a smaller student; report both scores and sizes."""
+    _quiet_libraries()
+    from retune.distill import distill as run_distill
+
+    s = run_distill(teacher, out, layers, student, steps, lr, temperature, weight, set_)
+    t, st, m = s["teacher"], s["student"], s["metric"]
+    print(json.dumps({"metric": m, "teacher": {m: t.get(m), "size_mb": t["size_mb"]}, "student": {m: st.get(m), "size_mb": st["size_mb"]}}))
+
+
+@app.command()
+@command
 def plan(
     config: Annotated[str, typer.Argument(help="YAML config file")],
     budget: Annotated[

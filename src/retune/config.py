@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import difflib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -279,6 +279,14 @@ class TrainerConfig(_Strict):
     """torch.compile the fused cross-entropy kernel (large vocabularies only; falls back to eager)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about a third more compute."""
+    max_forgetting: float | None = Field(None, gt=0)
+    """Largest drop allowed on any `retain:` task, in its metric's points (0-100; the probe in NLL
+    nats x 100). Checked at every evaluation (needs eval_every): a breach stops training and the run
+    rolls back to the best evaluated weights that kept every retained task within it."""
+    select: Literal["val_loss", "retained"] = "val_loss"
+    """Which evaluated weights end the run (load_best_at_end). val_loss: the lowest validation loss;
+    retained: the lowest validation loss among evaluations where every retained task is within
+    max_forgetting (the best new-task score subject to retention)."""
 
     @model_validator(mode="after")
     def _check(self) -> TrainerConfig:
@@ -295,6 +303,104 @@ class OutputConfig(_Strict):
     save_model: bool = True
 
 
+# ---------------------------------------------------------------- retention (forgetting)
+
+
+class EWCConfig(_Strict):
+    """Elastic Weight Consolidation (Kirkpatrick et al. 2017), online across stages."""
+
+    method: Literal["ewc"]
+    weight: float = Field(100.0, ge=0)
+    """lambda of the penalty lambda/2 * sum F (theta - theta*)^2."""
+    samples: int = Field(200, ge=1)
+    """Samples of the old task (the previous stage, else the retain: tasks) for the diagonal Fisher."""
+    gamma: float = Field(1.0, ge=0, le=1)
+    """Online EWC: the earlier stages' Fisher is multiplied by gamma before the new one is added."""
+    normalize: bool = True
+    """Divide F by its mean, so that weight reads like L2-SP's (importance-weighted) alpha whatever
+    the model and loss scale; false: the paper's raw lambda."""
+
+
+class SIConfig(_Strict):
+    """Synaptic Intelligence (Zenke et al. 2017): path-integral importance."""
+
+    method: Literal["si"]
+    weight: float = Field(1.0, ge=0)
+    """c of the penalty c * sum Omega (theta - theta*)^2."""
+    damping: float = Field(1e-3, gt=0)
+    """xi in Omega = omega / (delta^2 + xi)."""
+    warmup_steps: int = Field(20, ge=0)
+    """With no earlier stage: SGD steps on the retain: data whose path gives the importance (undone after)."""
+    warmup_lr: float = Field(1e-4, gt=0)
+    normalize: bool = True
+    """Divide Omega by its mean (weight then reads like L2-SP's alpha); false: the paper's raw c."""
+
+
+class L2SPConfig(_Strict):
+    """L2-SP (Li et al. 2018): a pull toward the starting weights."""
+
+    method: Literal["l2sp"]
+    weight: float = Field(0.01, ge=0)
+    """alpha of alpha/2 * ||theta - theta_0||^2."""
+
+
+class DistillConfig(_Strict):
+    """KL to the base model's token distributions (under LoRA: the same model, adapters off)."""
+
+    method: Literal["distill"]
+    weight: float = Field(1.0, ge=0)
+    temperature: float = Field(2.0, gt=0)
+    prompts: list[Literal["new", "retain"]] = ["retain"]
+    """Where to distil. new: the training batches (every position); retain: a rotating batch of the
+    retain: tasks' examples (their response positions). (Not `on`: YAML reads that key as true.)"""
+    batch_size: int = Field(4, ge=1)
+    """Retention examples distilled with each micro-batch."""
+    samples: int | None = Field(None, ge=1)
+    """Use only the first N retention examples."""
+
+
+class ReplayConfig(_Strict):
+    """Replay (data, not a penalty): earlier examples mixed into training at a declared share."""
+
+    method: Literal["replay"]
+    share: float = Field(0.1, gt=0, lt=1)
+    """Share of the final training mix that is replayed examples."""
+    source: Literal["data", "self"] = "data"
+    """data: the retain: tasks' training examples (and earlier stages'); self: the base model's own
+    responses to those prompts, generated before training (when the original answers are unavailable)."""
+    samples: int = Field(200, ge=1)
+    """Buffer size: examples kept per task."""
+    max_new_tokens: int = Field(64, ge=1)
+    """Self-replay: length of the generated responses."""
+
+
+RetentionMethod = Annotated[EWCConfig | SIConfig | L2SPConfig | DistillConfig | ReplayConfig, Field(discriminator="method")]
+
+
+class RetainConfig(_Strict):
+    """What the model must keep knowing: scored on the base model, at every evaluation, and at the end."""
+
+    tasks: list[TaskConfig] = []
+    """Retained tasks (built-in or user data), each with its metric; never trained on (unless replayed)."""
+    probe: str | None = "general"
+    """A cheap probe: the change in token NLL on held-out general text. general: paragraphs of the
+    Python help topics shipped with the standard library (pydoc_data); or a .txt / .jsonl (text
+    column) file; null: no probe."""
+    probe_samples: int = Field(64, ge=1)
+    max_eval_samples: int | None = Field(100, ge=1)
+    """Default cap on each retained task's test examples (a task's own max_eval_samples wins)."""
+
+
+class StageConfig(_Strict):
+    """One fine-tuning stage of a sequence (`stages:`): its task and optional trainer overrides."""
+
+    name: str | None = None
+    task: TaskConfig
+    epochs: float | None = Field(None, gt=0)
+    max_steps: int | None = Field(None, ge=1)
+    lr: float | None = Field(None, gt=0)
+
+
 class RetuneConfig(_Strict):
     model: ModelConfig = ModelConfig()
     adapter: AdapterConfig = AdapterConfig()
@@ -302,9 +408,25 @@ class RetuneConfig(_Strict):
     eval: EvalConfig = EvalConfig()
     trainer: TrainerConfig = TrainerConfig()
     output: OutputConfig = OutputConfig()
+    retain: RetainConfig = RetainConfig()
+    """Tasks and a probe that measure forgetting (summary.json `retention`: base, final, delta)."""
+    retention: list[RetentionMethod] = []
+    """Mitigations, combinable: [{method: ewc | si | l2sp | distill | replay, weight: ..., ...}]."""
+    stages: list[StageConfig] = []
+    """Fine-tune on these tasks in order (data.* keys other than tasks apply to all); after each stage
+    every task seen so far is scored: the accuracy matrix R, average accuracy, BWT and FWT."""
 
     @model_validator(mode="after")
     def _check(self) -> RetuneConfig:
+        if self.trainer.max_forgetting is not None and not (self.retain.tasks or self.retain.probe):
+            raise ValueError("trainer.max_forgetting needs retain: tasks (or a probe) to measure forgetting on")
+        if self.trainer.select == "retained" and self.trainer.max_forgetting is None:
+            raise ValueError("trainer.select=retained needs trainer.max_forgetting (the threshold)")
+        names = [m.method for m in self.retention]
+        if len(set(names)) < len(names):
+            raise ValueError(f"retention: each method at most once (got {', '.join(names)})")
+        if any(m.method == "replay" for m in self.retention) and not (self.retain.tasks or self.stages):
+            raise ValueError("retention replay needs data to replay: retain: tasks, or stages:")
         if self.adapter.type in ("prefix_tuning", "prompt_tuning") and self.data.max_length + self.adapter.num_virtual_tokens > 8192:
             raise ValueError("data.max_length + adapter.num_virtual_tokens exceeds 8192 tokens")
         return self

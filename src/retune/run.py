@@ -34,6 +34,7 @@ from retune.models.load import (
     prepare_for_training,
 )
 from retune.models.resolve import resolve_base
+from retune.retain import Retention, print_tradeoff
 from retune.train import distributed as dist
 from retune.train.checkpoint import LoopState
 from retune.train.loop import LoopIO, fit
@@ -188,6 +189,13 @@ def train(config_path: str | None, overrides: list[str] | None = None, resume: s
             raise UsageError("give a config file (retune train CONFIG) or --resume RUN_DIR")
         cfg = load_config(config_path, overrides)
         run_dir = None
+    if cfg.stages:  # a sequence of tasks: its own recipe (retune/stages.py)
+        if resume:
+            raise UsageError("--resume does not cover stages: yet; each stage's weights are in RUN/stage-<i>/")
+        from retune.stages import run_stages
+
+        setup_torch(cfg)
+        return run_stages(cfg, new_run_dir, make_accelerator, save_model, train_stats)
     dist.init()  # launched as several processes (torchrun / accelerate launch): join the group
     setup_torch(cfg)
 
@@ -198,6 +206,7 @@ def train(config_path: str | None, overrides: list[str] | None = None, resume: s
     # directory exists, so a rejected config leaves nothing behind.
     model_path = dist.main_first(lambda: resolve_base(cfg.model.base))  # rank 0 fills the caches first
     prep = dist.main_first(lambda: prepare_data(cfg, model_path))
+    retention = Retention.load(cfg, prep.tok, prep.fmt)  # retain: tasks and probe (bad input fails here)
     full = cfg.adapter.type == "full"
     model = load_base(cfg, model_path, trainable_full=full, labels=prep.task.labels)
     if run_dir is None:
@@ -215,6 +224,7 @@ def train(config_path: str | None, overrides: list[str] | None = None, resume: s
         if not dist.is_main():
             return
         append_jsonl(metrics_path, {"time": round(time.time(), 3), **row})
+        retention.observe(row)
         numeric = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
         if cfg.trainer.logger != "none" and numeric:
             accelerator.log(numeric, step=row.get("step"))
@@ -229,7 +239,15 @@ def train(config_path: str | None, overrides: list[str] | None = None, resume: s
     elif cfg.eval.before and dist.is_main():  # the other processes wait at the barrier below
         base_scores = evaluate_tasks(model, prep, autocast, log, stage="base model")
         write_json(base_file, base_scores)
+    retention_file = run_dir / "base_retention.json"
+    if retention_file.exists():  # resumed: the base was scored before the interruption
+        import json
+
+        retention.base = json.loads(retention_file.read_text())
+    elif retention.rset and dist.is_main():
+        write_json(retention_file, retention.score_base(model, autocast))
     dist.barrier()
+    train_examples = retention.replay(model, prep.epoch_examples, autocast)  # replay is data: mixed in here
 
     set_seed(cfg.trainer.seed)  # adapter init does not depend on whether the base was scored
     model = prepare_for_training(model, cfg, bf16_autocast=accelerator.mixed_precision == "bf16")
@@ -239,6 +257,9 @@ def train(config_path: str | None, overrides: list[str] | None = None, resume: s
 
     io = LoopIO(ckpt_dir=run_dir / "checkpoints", log=log, progress=LiveProgress() if dist.is_main() else None)
     io.ckpt_dir.mkdir(exist_ok=True)
+    io.regularizers = retention.regularizers(model, prep.tok.pad_token_id, autocast, log)  # after the adapter: trainable set known
+    if cfg.trainer.eval_every:
+        io.on_eval = retention.eval_hook(io.ckpt_dir, autocast, log)
     names = [t.name for t in prep.tasks]
     summary: dict[str, Any] = {
         "status": "running",
@@ -248,7 +269,7 @@ def train(config_path: str | None, overrides: list[str] | None = None, resume: s
         "tasks": task_info(prep, model),
     }
     try:
-        state = fit(model, prep.epoch_examples, prep.val, cfg.trainer, prep.tok.pad_token_id, accelerator, io, resume=bool(resume))
+        state = fit(model, train_examples, prep.val, cfg.trainer, prep.tok.pad_token_id, accelerator, io, resume=bool(resume))
     except KeyboardInterrupt:
         summary["status"] = f"interrupted; resume with: retune train --resume {run_dir}"
         if dist.is_main():
@@ -258,7 +279,9 @@ def train(config_path: str | None, overrides: list[str] | None = None, resume: s
     if not dist.is_main():  # rank 0 holds the same weights: it scores, saves and summarises
         return run_dir, summary
 
+    retention.restore(model, io.ckpt_dir, log)
     final = evaluate_tasks(model, prep, autocast, log, stage="tuned model")
+    retained = retention.summary(retention.score(model, autocast)) if retention.rset else {}
     if cfg.output.save_model:
         save_model(model, prep.tok, run_dir, full)
     if metrics_path.exists():
@@ -268,7 +291,8 @@ def train(config_path: str | None, overrides: list[str] | None = None, resume: s
         scoring=_one_or_all({t.name: scoring_mode(t, cfg.eval, model) for t in prep.tasks}),
         base=base_scores or {},
         final=final,
-        retention={},
+        retention=retained,
+        retention_history=retention.history,
         train=train_stats(state, trainable, total, t_start),
     )
     write_json(run_dir / "summary.json", summary)
@@ -276,6 +300,8 @@ def train(config_path: str | None, overrides: list[str] | None = None, resume: s
         accelerator.end_training()
     how = summary["scoring"] if isinstance(summary["scoring"], str) else "per-task"
     print_scores(f"{summary['task']}: base vs tuned ({how} scoring)", base_scores, final)
+    if retained:
+        print_tradeoff(prep.tasks[0].name, base_scores or {}, final, retained)
     return run_dir, summary
 
 

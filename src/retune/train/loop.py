@@ -33,6 +33,7 @@ class LoopIO:
     log: Callable[[dict], None]
     progress: Any = None  # rich progress-like: .update(loss=..., step=...)
     regularizers: list[Regularizer] = field(default_factory=list)  # retention methods: penalties + hooks
+    on_eval: Callable[[Any, LoopState], bool] | None = None  # the recipe's own scoring at each evaluation (retention); True stops
 
 
 def fit(
@@ -163,6 +164,9 @@ def fit(
                 last = state.step >= steps
                 if cfg.eval_every and (state.step % cfg.eval_every == 0 or last) and val:
                     _evaluate(model, val, pad_id, cfg, accelerator, state, io, log)
+                    # the recipe's scoring runs on rank 0 (it holds the base scores); its decision goes to all
+                    if io.on_eval is not None and dist.broadcast_object(dist.is_main() and bool(io.on_eval(plain, state))):
+                        state.stopped_early = True
                 if (cfg.save_every and state.step % cfg.save_every == 0) or last or state.stopped_early:
                     checkpoint()
                 if state.stopped_early:

@@ -1,0 +1,187 @@
+"""Retention policy of a run: score what must be kept on the base model, attach the mitigations
+(`retention:` penalties, replay data), watch forgetting at each evaluation, and report it.
+
+Mechanism lives elsewhere: the penalties in retune.retention, the scores in evaluate.forgetting,
+replay in data.replay. run.py and stages.py call this.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from retune.config import RetuneConfig
+from retune.data.replay import replay_mix, self_replay
+from retune.data.templates import Encoded, Formatter
+from retune.evaluate.forgetting import RetainSet, breaches, forgetting, load_retained, retention_summary, score_retained
+from retune.evaluate.report import console
+from retune.retention import RetentionContext, build, memory_report
+from retune.retention.base import Regularizer
+from retune.train.checkpoint import load_trainable, save_weights
+
+
+@dataclass
+class Retention:
+    """The retention side of one run."""
+
+    cfg: RetuneConfig
+    tok: Any
+    fmt: Formatter
+    rset: RetainSet
+    base: dict[str, dict] = field(default_factory=dict)
+    history: list[dict] = field(default_factory=list)  # per evaluation: step, val_loss, forgetting per task
+    best_ok: tuple[int, float] | None = None  # (step, val_loss) of the best evaluation within max_forgetting
+    last_val: float | None = None  # the validation loss of the evaluation being watched
+    breached: bool = False
+
+    @classmethod
+    def load(cls, cfg: RetuneConfig, tok: Any, fmt: Formatter) -> Retention:
+        retain = cfg.retain
+        if cfg.model.task != "causal_lm" and "probe" not in retain.model_fields_set:
+            retain = retain.model_copy(update={"probe": None})  # the NLL probe needs a language-model head
+        return cls(cfg, tok, fmt, load_retained(retain, cfg.data, cfg.eval, tok, fmt))
+
+    def score(self, model: Any, autocast: Any) -> dict[str, dict]:
+        return score_retained(model, self.tok, self.fmt, self.rset, self.cfg.eval, autocast) if self.rset else {}
+
+    def score_base(self, model: Any, autocast: Any) -> dict[str, dict]:
+        if self.rset:
+            names = [r.task.name for r in self.rset.tasks] + (["general-text probe"] if self.rset.probe else [])
+            console.print(f"scoring the base model on what it must retain: {', '.join(names)}")
+        self.base = self.score(model, autocast)
+        return self.base
+
+    # ---------------------------------------------------------------- mitigations
+
+    def anchor_data(self, previous: list[Encoded] | None = None) -> list[Encoded]:
+        """Examples of what must be kept: the previous stage's task if any, else the retained tasks'
+        training examples, interleaved so that any prefix covers every task."""
+        if previous:
+            return list(previous)
+        per_task = []
+        for r in self.rset.tasks:
+            rows = r.task.train or r.task.validation
+            per_task.append(
+                [self.fmt.encode_record(r.task.template, x, f"retained {r.task.name} record {i + 1}") for i, x in enumerate(rows[:1000])]
+            )
+        out = []
+        for i in range(max((len(p) for p in per_task), default=0)):
+            out += [p[i] for p in per_task if i < len(p)]
+        return out
+
+    def replay_buffer(self, model: Any, autocast: Any) -> list[Encoded]:
+        """The retained tasks' examples to replay (source: data), or the base model's own answers to
+        their prompts (source: self); `samples` per task."""
+        rc = next((m for m in self.cfg.retention if m.method == "replay"), None)
+        if rc is None:
+            return []
+        buffer: list[Encoded] = []
+        for r in self.rset.tasks:
+            rows = (r.task.train or r.task.validation)[: rc.samples]
+            if rc.source == "self":
+                console.print(f"self-replay: generating the base model's answers to {len(rows)} {r.task.name} prompts")
+                buffer += self_replay(model, self.fmt, r.task.template, rows, rc.max_new_tokens, self.cfg.eval.batch_size, autocast)
+            else:
+                buffer += [self.fmt.encode_record(r.task.template, x, f"replay {r.task.name} record {i + 1}") for i, x in enumerate(rows)]
+        return buffer
+
+    def replay(self, model: Any, train: Any, autocast: Any) -> Any:
+        """The training set (a list, or a function epoch -> list) with replayed examples mixed in at
+        the declared share; unchanged without a replay entry."""
+        rc = next((m for m in self.cfg.retention if m.method == "replay"), None)
+        if rc is None:
+            return train
+        buffer = self.replay_buffer(model, autocast)
+        seed = self.cfg.trainer.seed
+        if callable(train):  # a fresh draw of the buffer each epoch
+            source = train
+            n = len(source(0))
+            mixed = lambda epoch: replay_mix(source(epoch), buffer, rc.share, seed + epoch)  # noqa: E731
+            total = len(mixed(0))
+        else:
+            n, out = len(train), replay_mix(train, buffer, rc.share, seed)
+            mixed, total = out, len(out)
+        console.print(f"replay: {total - n} of {total} training examples ({100 * (total - n) / max(total, 1):.1f}%) are replayed")
+        return mixed
+
+    def regularizers(self, model: Any, pad_id: int, autocast: Any, log: Any, previous: list[Encoded] | None = None) -> list[Regularizer]:
+        methods = [m for m in self.cfg.retention if m.method != "replay"]
+        if not methods:
+            return []
+        mem = memory_report(methods, model)
+        console.print("retention methods: " + ", ".join(f"{k} (+{v:.0f} MB)" for k, v in mem.items()))
+        log({"event": "retention_memory_mb", **mem})
+        ctx = RetentionContext(pad_id=pad_id, autocast=autocast, anchor_data=self.anchor_data(previous), log=log)
+        return build(methods, model, ctx)
+
+    # ---------------------------------------------------------------- watching
+
+    def eval_hook(self, ckpt_dir: Path, autocast: Any, log: Any) -> Any:
+        """Score retention at each evaluation; keep the best weights within trainer.max_forgetting;
+        True (stop) on a breach."""
+        threshold = self.cfg.trainer.max_forgetting
+
+        def hook(model: Any, state: Any) -> bool:
+            if not self.rset:
+                return False
+            now = self.score(model, autocast)
+            lost = {name: forgetting(name, self.base[name], now[name]) for name in now if name in self.base}
+            self.history.append({"step": state.step, "val_loss": self.last_val, "forgetting": lost})
+            log({"step": state.step, **{f"forgetting/{k}": v for k, v in lost.items()}})
+            if threshold is None:
+                return False
+            bad = breaches(self.base, now, threshold)
+            if not bad:
+                val = self.last_val if self.last_val is not None else float("inf")
+                if self.best_ok is None or val <= self.best_ok[1]:
+                    self.best_ok = (state.step, val)
+                    save_weights(ckpt_dir / "retained.safetensors", model)
+                return False
+            self.breached = True
+            log({"event": "max_forgetting", "step": state.step, "tasks": bad})
+            console.print(f"[yellow]step {state.step}: forgetting on {', '.join(bad)} exceeds trainer.max_forgetting={threshold}; stopping")
+            return True
+
+        return hook
+
+    def restore(self, model: Any, ckpt_dir: Path, log: Any) -> bool:
+        """With max_forgetting: end on the best evaluated weights that kept every task within it."""
+        if self.cfg.trainer.max_forgetting is None or not (self.breached or self.cfg.trainer.select == "retained"):
+            return False
+        path = ckpt_dir / "retained.safetensors"
+        if self.best_ok is None or not path.exists():
+            console.print("[yellow]no evaluation stayed within trainer.max_forgetting; keeping the final weights")
+            return False
+        from safetensors.torch import load_file
+
+        load_trainable(model, load_file(str(path)))
+        log({"event": "loaded_retained", "step": self.best_ok[0], "val_loss": self.best_ok[1]})
+        return True
+
+    def observe(self, row: dict) -> None:
+        """Sees every logged row; remembers the latest validation loss (for selection)."""
+        if "val_loss" in row:
+            self.last_val = row["val_loss"]
+
+    def summary(self, final: dict[str, dict]) -> dict[str, dict]:
+        return retention_summary(self.base, final)
+
+
+def print_tradeoff(task: str, base: dict, final: dict, retention: dict[str, dict]) -> None:
+    """Gain on the new task next to forgetting on each retained task."""
+    from rich.table import Table
+
+    from retune.evaluate.forgetting import primary
+
+    table = Table(title="gain on the new task vs forgetting on what it must retain (points; probe: NLL)")
+    for col in ("task", "role", "metric", "base", "final", "change"):
+        table.add_column(col, justify="left" if col in ("task", "role", "metric") else "right")
+    if task in base and task in final:
+        m, b = primary(task, base[task])
+        _, f = primary(task, final[task])
+        table.add_row(task, "new", m, f"{b:.2f}", f"{f:.2f}", f"{f - b:+.2f}")
+    for name, r in retention.items():
+        fmt = ".4f" if r["metric"] == "nll" else ".2f"
+        table.add_row(name, "retained", r["metric"], f"{r['base']:{fmt}}", f"{r['final']:{fmt}}", f"{r['delta']:+{fmt}}")
+    console.print(table)

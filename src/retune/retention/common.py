@@ -1,0 +1,57 @@
+"""What the retention methods share: the trainable parameters, and the data a method anchors on."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from retune.data.templates import Encoded
+
+
+def trainable(model: Any) -> list[tuple[str, torch.nn.Parameter]]:
+    """The parameters the optimizer updates: all of them for full fine-tuning, the adapters under
+    LoRA / QLoRA. Importance and anchors are kept for these only (the frozen base never moves)."""
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def snapshot(model: Any) -> dict[str, torch.Tensor]:
+    """fp32 copies of the trainable parameters (the anchor theta*)."""
+    return {n: p.detach().float().clone() for n, p in trainable(model)}
+
+
+def nbytes(tensors: dict[str, torch.Tensor]) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+@dataclass
+class RetentionContext:
+    """What a method may need when it is built or consolidated (the recipe fills it in).
+
+    anchor_data: examples of what must be kept (the previous stage's task, or the `retain:` tasks),
+    already encoded; EWC's Fisher, SI's warm-up path and distillation on retention prompts use it.
+    """
+
+    pad_id: int
+    autocast: Callable[[], Any] = nullcontext
+    anchor_data: list[Encoded] = field(default_factory=list)
+    log: Callable[[dict], None] = lambda row: None
+
+
+def all_reduce_sum(tensors: list[torch.Tensor]) -> None:
+    """Sum per-process statistics (EWC Fisher, SI path integral) over data-parallel workers.
+
+    The one call site for distributed training: a no-op without a process group."""
+    try:
+        from retune.train import distributed  # issue 7; absent until it lands
+    except ImportError:
+        distributed = None
+    if distributed is not None and hasattr(distributed, "all_reduce_sum"):
+        distributed.all_reduce_sum(tensors)
+        return
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        for t in tensors:
+            torch.distributed.all_reduce(t)
