@@ -33,7 +33,17 @@ SEED = [
     ("mt0_xxl", "seq2seq", ["q", "v"], None, 56.0),
     ("bloomz_7b1", "causal_lm", ["query_key_value"], None, 32.0),
 ]
-RULES = Rules(frozen_bytes=4, act_bytes=4, autocast=False, eager=True, chunked_ce=False, runtime_mb=0.0, compile_mb=0.0)
+RULES = Rules(
+    frozen_bytes=4,
+    act_bytes=4,
+    autocast=False,
+    eager=True,
+    chunked_ce=False,
+    runtime_mb=0.0,
+    compile_mb=0.0,
+    alloc_overhead=1.0,
+    load_resident=False,
+)
 
 
 def predict(folder: str, task: str, targets: list[str], method: str) -> tuple[float, dict]:

@@ -36,7 +36,12 @@ COMMON = ["trainer.max_steps=2", "data.max_eval_samples=8", "trainer.log_every=1
 
 def configs(data: str, llama: str) -> dict[str, tuple[str | None, list[str]]]:
     """name -> (config file or None, overrides)."""
-    syn = [f"data.train={data}", "data.labels=[yes, no]", "data.max_train_samples=64"]
+    syn = [
+        f"data.train={data}",
+        "data.labels=['yes', 'no']",
+        "data.template={prompt: '{prompt}', response: '{response}'}",
+        "data.max_train_samples=64",
+    ]
     out: dict[str, tuple[str | None, list[str]]] = {
         "quickstart-lora": ("examples/quickstart.yaml", ["trainer.max_steps=2", "data.max_eval_samples=8"]),
     }
@@ -50,9 +55,9 @@ def configs(data: str, llama: str) -> dict[str, tuple[str | None, list[str]]]:
         out[f"{tag}-lora-b8"] = (None, [*b, "adapter.type=lora", "trainer.batch_size=8", "data.max_length=256"])
         out[f"{tag}-qlora-b8"] = (None, [*b, "adapter.type=qlora", "trainer.batch_size=8", "data.max_length=256"])
     s = [f"model.base={SMOL}", *syn, *COMMON]
-    out["smol-lora-b16-t512-prompt"] = (
+    out["smol-lora-b4-t512-prompt"] = (
         None,
-        [*s, "adapter.type=lora", "trainer.batch_size=16", "data.max_length=512", "data.train_on_prompt=true"],
+        [*s, "adapter.type=lora", "trainer.batch_size=4", "data.max_length=512", "data.train_on_prompt=true"],
     )
     out["smol-lora-b8-nocompile"] = (
         None,

@@ -35,9 +35,20 @@ MB = 2**20
 # Measured by benchmarks/plan_validate.py (its per-phase peaks: the "data" phase, and the RSS after
 # scoring minus the resident bf16 weights), on a 2-CPU x86 box with torch 2.13 CPU.
 RUNTIME_MB = 480.0
-# torch.compile (inductor) of the fused cross-entropy kernel, paid once in the training phase when
-# the vocabulary is >= models.loss.COMPILE_MIN_VOCAB: same script, trainer.compile true vs false.
-COMPILE_MB = 250.0
+# torch.compile (inductor) of the fused cross-entropy kernel: not separable from allocator noise.
+# The same SmolLM2 LoRA run measured 4895 MB compiled and 5740 MB with trainer.compile=false, so
+# peak RSS varies by ~15% between near-identical runs; its cost sits inside ALLOC_OVERHEAD.
+COMPILE_MB = 0.0
+# Peak RSS over the bytes autograd saves, in training: backward temporaries and glibc keeping freed
+# mid-size blocks. Fitted on the three SmolLM2 runs of benchmarks/plan_validate.py (full 1.40,
+# LoRA 1.26, QLoRA 1.40: train-phase peak minus the RSS before training, minus optimizer states and
+# gradients, over the predicted saved bytes); the ~350M Llama runs are the out-of-sample check.
+ALLOC_OVERHEAD = 1.35
+# What stays resident from loading, in units of the checkpoint's size, measured as the RSS after
+# loading and scoring minus runtime and weights in the same SmolLM2 runs: full fine-tuning keeps
+# the mapped bf16 checkpoint besides the fp32 copy (1.5), a bf16 base is the mapping itself (0.1),
+# bitsandbytes quantisation leaves the bf16 original and its temporaries (3.7).
+LOAD_RESIDENT = {"full": 1.5, "lora": 0.1, "qlora": 3.7}
 CE_CHUNK = 1024  # models/loss.py CHUNK: rows of logits alive at once
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit codes + 8-bit absmax per 64 + fp32 per 256 blocks
 
@@ -59,6 +70,7 @@ class Shape:
     params: int  # unique parameters (a tied head counted once)
     quantisable: int  # nn.Linear weights bitsandbytes would quantise (all but the output head)
     head: int  # output-head parameters if untied, else 0
+    ckpt_bytes: int = 2  # bytes per weight in the checkpoint (its config's dtype)
     dropout: bool = False  # the model's own dropout is on in training (T5: dropout_rate 0.1)
     adapter: int = 0  # trainable parameters of the configured adapter (0: full fine-tuning)
     adapted_in: dict[str, int] = field(default_factory=dict)  # adapted module suffix -> in_features
@@ -141,6 +153,7 @@ def shape_from_config(config: Any, kind: str = "causal_lm", adapter: Any = None,
         params=sum(p.numel() for p in model.parameters()) - duplicate,
         quantisable=sum(m.weight.numel() for m in linears),
         head=0 if tied else head.weight.numel(),
+        ckpt_bytes=4 if "32" in str(getattr(c, "dtype", None) or "bfloat16") else 2,
         dropout=any(float(getattr(c, k, 0) or 0) > 0 for k in ("dropout_rate", "hidden_dropout", "attention_dropout", "resid_pdrop")),
         adapter=trainable,
         adapted_in=adapted,
@@ -163,14 +176,17 @@ def batch_shape(cfg: RetuneConfig) -> Batch:
     among the optimizer steps the run will take; without data access, assume full-length rows."""
     t = cfg.trainer
     worst = Batch(t.batch_size, cfg.data.max_length, t.batch_size * cfg.data.max_length if cfg.data.train_on_prompt else t.batch_size * 8)
-    try:
-        from retune.data.batching import batch_indices
-        from retune.run import prepare_data
-        from retune.train.optim import total_steps
+    from retune.data.batching import batch_indices
+    from retune.models.load import load_tokenizer
+    from retune.models.resolve import resolve_base
+    from retune.run import prepare_data
+    from retune.train.optim import total_steps
 
-        prep = prepare_data(cfg)
-    except Exception:  # no tokenizer or data here: the worst case stands (marked "assumed")
+    try:
+        tok = load_tokenizer(resolve_base(cfg.model.base), cfg.model)
+    except Exception:  # no tokenizer here (hub id offline): the worst case stands, marked "assumed"
         return worst
+    prep = prepare_data(cfg, tok=tok)  # bad data is bad input, as in `retune train`
     steps = total_steps(t, len(prep.epoch_examples(0)))
     best, taken, epoch = None, 0, 0
     while taken < steps and epoch < 3:
@@ -202,6 +218,9 @@ class Rules:
     chunked_ce: bool = True  # retune's LinearCrossEntropy; False: full (B, T, V) fp32 logits (HF loss)
     runtime_mb: float = RUNTIME_MB
     compile_mb: float = COMPILE_MB
+    alloc_overhead: float = ALLOC_OVERHEAD  # 1.0: count live tensors only (a GPU allocator's peak)
+    load_resident: bool = True  # count what loading leaves resident (CPU RSS)
+    compiled_ce: bool = True  # trainer.compile: the loss kernel fused (else eager fp32 temporaries)
 
     @classmethod
     def for_config(cls, cfg: RetuneConfig) -> Rules:
@@ -210,7 +229,9 @@ class Rules:
         fast = cfg.trainer.precision == "bf16" or (cfg.trainer.precision == "auto" and bf16_fast())
         frozen = 4 if cfg.model.dtype == "fp32" or (cfg.model.dtype == "auto" and not bf16_fast()) else 2
         compile_mb = COMPILE_MB if cfg.trainer.compile else 0.0
-        return cls(frozen, 2 if fast else 4, fast, cfg.model.attention != "sdpa", True, RUNTIME_MB, compile_mb)
+        rules = cls(frozen, 2 if fast else 4, fast, cfg.model.attention != "sdpa", True, RUNTIME_MB, compile_mb)
+        rules.compiled_ce = cfg.trainer.compile
+        return rules
 
 
 @dataclass
@@ -329,7 +350,9 @@ def estimate(cfg: RetuneConfig, shape: Shape | None = None, batch: Batch | None 
     head_trainable = method == "full"
     head_fp32 = method in ("full", "qlora") or r.frozen_bytes == 4
     if r.chunked_ce:
-        chunk = rows * V * (r.act_bytes + 2 if r.compile_mb else 24)  # compiled: logits + gradient; eager: ~6 fp32 temporaries
+        chunk = (
+            rows * V * (r.act_bytes + 2 if r.compiled_ce and V >= 8192 else 24)
+        )  # compiled: logits + gradient; eager: ~6 fp32 temporaries
         logits = chunk + b.labelled * h * r.act_bytes + (4 * V * h if head_trainable else 0)
         logits += 2 * V * h if head_fp32 and r.autocast else 0
     else:  # HF loss: fp32 logits of every position, their softmax and gradient
@@ -348,24 +371,30 @@ def estimate(cfg: RetuneConfig, shape: Shape | None = None, batch: Batch | None 
         notes.append("distillation's extra forward (teacher logits) is not modelled")
 
     compile_mb = r.compile_mb if V >= 8192 and r.chunked_ce else 0.0
-    fixed = r.runtime_mb * MB + weights + adapter + retention + teacher
-    train = fixed + compile_mb * MB + optimizer + max(act + logits + cast_cache, grads)
+    ckpt = s.ckpt_bytes * (P - s.adapter)
+    loading = LOAD_RESIDENT["full" if method == "full" else ("qlora" if method == "qlora" else "lora")] * ckpt if r.load_resident else 0.0
+    fixed = r.runtime_mb * MB + loading + weights + adapter + retention + teacher
+    saved = act + logits + cast_cache
+    allocator = (r.alloc_overhead - 1) * saved
+    train = fixed + compile_mb * MB + optimizer + max(saved + allocator, grads)
     # scoring (before and after training): weights plus one layer's no-grad temporaries at eval batch
     eval_rows = cfg.eval.batch_size
     eval_tmp = eval_rows * b.seq_len * (8 * h + 4 * s.intermediate + (8 * s.heads * b.seq_len if r.eager else 0))
     evaluation = fixed + optimizer + eval_tmp
     # loading: transformers reads the checkpoint through mmap; a dtype conversion holds both copies
-    load = r.runtime_mb * MB + weights + (r.frozen_bytes * P if method != "lora" or r.frozen_bytes != 2 else 0)
+    load = r.runtime_mb * MB + weights + max(loading, ckpt if method != "lora" else 0)
     phases = {"load": load / MB, "eval": evaluation / MB, "train": train / MB}
     phase = max(phases, key=phases.get)
     parts = {
         "runtime": r.runtime_mb + compile_mb,
+        "loading": loading / MB,
         "weights": weights / MB,
         "adapter": adapter / MB,
         "gradients": grads / MB,
         "optimizer": optimizer / MB,
         "activations": (act + cast_cache) / MB,
         "logits": logits / MB,
+        "allocator": allocator / MB if saved + allocator > grads else 0.0,
         "retention": retention / MB,
         "teacher": teacher / MB,
     }
