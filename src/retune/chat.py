@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 HELP = "commands: /reset clears the history, /exit (or Ctrl-D) quits"
@@ -18,19 +17,11 @@ def chat_loop(
     system: str | None = None,
 ) -> list[dict]:
     """Read a line, answer it with the whole conversation as context, repeat; returns the history."""
-    from retune.config import RetuneConfig
     from retune.data.templates import Formatter
     from retune.evaluate.scoring import generate
-    from retune.models.load import load_base, load_tokenizer
-    from retune.models.resolve import resolve_base
-    from retune.run import is_run_dir, load_run, make_accelerator
+    from retune.run import load_target, make_accelerator
 
-    if is_run_dir(target):
-        cfg, model, tok = load_run(Path(target))
-    else:  # a model name or folder: chat with the base
-        cfg = RetuneConfig.model_validate({"model": {"base": target}})
-        path = resolve_base(cfg.model.base)
-        model, tok = load_base(cfg, path), load_tokenizer(path, cfg.model)
+    cfg, model, tok = load_target(target)  # a run directory, or a base model to chat with
     fmt = Formatter(tok, cfg.data)
     autocast = make_accelerator(cfg).autocast
     kwargs = {"do_sample": True, "temperature": temperature} if temperature > 0 else {}

@@ -392,7 +392,7 @@ def evaluate(target: str, overrides: list[str] | None = None) -> dict:
 
 def predict(run_dir: str, input_path: str, output_path: str | None) -> list[dict]:
     from retune.data.readers import read_records
-    from retune.data.templates import check_fields
+    from retune.data.templates import check_fields, template_fields
     from retune.evaluate.task_eval import predict as predict_task
 
     if not is_run_dir(run_dir):
@@ -400,7 +400,7 @@ def predict(run_dir: str, input_path: str, output_path: str | None) -> list[dict
     cfg, model, tok = load_run(Path(run_dir))
     task = load_task(cfg.data, cfg.eval)
     records = read_records(input_path)
-    response_fields = set(_fields(task.template.response))
+    response_fields = set(template_fields(task.template.response))
     # unseen data has no answers: fill response fields with "" so the prompt renders
     rows = [{**{f: "" for f in response_fields}, **r} for r in records]
     check_fields(task.template, rows, input_path)
@@ -414,21 +414,19 @@ def predict(run_dir: str, input_path: str, output_path: str | None) -> list[dict
     return out
 
 
-def _fields(text: str) -> list[str]:
-    from retune.data.templates import template_fields
-
-    return template_fields(text)
+def load_target(target: str) -> tuple[RetuneConfig, Any, Any]:
+    """(config, model, tokenizer) of a run directory's tuned model, or of a base model by name/folder."""
+    if is_run_dir(target):
+        return load_run(Path(target))
+    cfg = RetuneConfig.model_validate({"model": {"base": target}})
+    path = resolve_base(cfg.model.base)
+    return cfg, load_base(cfg, path), load_tokenizer(path, cfg.model)
 
 
 def generate_text(run_dir: str, prompt: str, max_new_tokens: int = 128, temperature: float = 0.0) -> str:
     from retune.evaluate.scoring import generate
 
-    if is_run_dir(run_dir):
-        cfg, model, tok = load_run(Path(run_dir))
-    else:  # a model name or folder: generate from the base
-        cfg = RetuneConfig.model_validate({"model": {"base": run_dir}})
-        path = resolve_base(cfg.model.base)
-        model, tok = load_base(cfg, path), load_tokenizer(path, cfg.model)
+    cfg, model, tok = load_target(run_dir)
     fmt = Formatter(tok, cfg.data)
     kwargs = {"do_sample": True, "temperature": temperature} if temperature > 0 else {}
     return generate(
