@@ -133,3 +133,24 @@ def test_early_stopping_and_best_weights(tmp_path, tiny_model, tiny_data):
     assert t["stopped_early"] and t["steps"] < 40
     # the final weights are the best ones: the final validation loss is the best seen
     assert s["final"]["train"]["val_loss"] == pytest.approx(t["best_val_loss"], rel=1e-4)
+
+
+def test_multitask_run_logs_each_tasks_validation_loss_and_scores(tmp_path, tiny_model, tiny_data):
+    from helpers import read_metrics
+
+    tasks = [
+        {"name": "sentiment", "train": str(tiny_data["train"]), "test": str(tiny_data["test"]), "weight": 0.5,
+         "template": {"prompt": "Review: {text}\nSentiment?", "response": "{label}"}, "labels": ["negative", "positive"]},
+        {"name": "repeat", "train": str(tiny_data["train"]), "test": str(tiny_data["test"]), "weight": 0.5, "metric": "exact_match",
+         "template": {"prompt": "Repeat: {text}", "response": "{text}"}, "max_new_tokens": 4},
+    ]
+    cfg = tiny_config(tiny_model, tiny_data, tmp_path / "runs", trainer={"max_steps": 4, "eval_every": 2})
+    cfg["data"] = {"tasks": tasks, "mixing": "fractions", "max_length": 64}
+    run_dir, s = train(str(write_config(tmp_path / "multi.yaml", cfg)))
+    evals = [r for r in read_metrics(run_dir) if "val_loss" in r]
+    assert [r["step"] for r in evals] == [2, 4]
+    for r in evals:  # the pooled loss is the token-weighted mean of the per-task ones
+        per = [r["val_loss/sentiment"], r["val_loss/repeat"]]
+        assert min(per) <= r["val_loss"] <= max(per)
+    assert set(s["base"]) == set(s["final"]) == {"sentiment", "repeat"}
+    assert "accuracy" in s["final"]["sentiment"] and "exact_match" in s["final"]["repeat"]

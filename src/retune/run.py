@@ -67,6 +67,11 @@ class Prepared:
         return [e for i in self.trained for e in self.task_val[i]]
 
     @property
+    def val_by_task(self) -> dict[str, list[Encoded]]:
+        """The same examples by task: the loop logs each task's validation loss beside the pooled one."""
+        return {self.tasks[i].name: self.task_val[i] for i in self.trained}
+
+    @property
     def train(self) -> list[Encoded]:
         return self.epoch_examples(0)
 
@@ -269,7 +274,7 @@ def train(config_path: str | None, overrides: list[str] | None = None, resume: s
         "tasks": task_info(prep, model),
     }
     try:
-        state = fit(model, train_examples, prep.val, cfg.trainer, prep.tok.pad_token_id, accelerator, io, resume=bool(resume))
+        state = fit(model, train_examples, prep.val_by_task, cfg.trainer, prep.tok.pad_token_id, accelerator, io, resume=bool(resume))
     except KeyboardInterrupt:
         summary["status"] = f"interrupted; resume with: retune train --resume {run_dir}"
         if dist.is_main():

@@ -48,6 +48,10 @@ def plot_loss(metrics_path: Path, out_png: Path) -> None:
         ax.plot(*zip(*train, strict=True), label="train loss", lw=1.2)
     if val:
         ax.plot(*zip(*val, strict=True), "o-", label="validation loss", lw=1.2)
+    tasks = sorted({k for r in rows for k in r if k.startswith("val_loss/")})
+    for key in tasks:  # multi-task runs: each task's validation loss beside the pooled one
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        ax.plot(*zip(*points, strict=True), ".--", label=key.split("/", 1)[1], lw=0.9)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("token NLL")
     ax.grid(alpha=0.3)

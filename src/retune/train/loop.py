@@ -39,7 +39,7 @@ class LoopIO:
 def fit(
     model: Any,
     train: list[Encoded] | Callable[[int], list[Encoded]],
-    val: list[Encoded],
+    val: list[Encoded] | dict[str, list[Encoded]],
     cfg: TrainerConfig,
     pad_id: int,
     accelerator: Any,
@@ -47,7 +47,8 @@ def fit(
     resume: bool = False,
 ) -> LoopState:
     # `train` is a list, or a function epoch -> that epoch's examples (a multi-task mix drawn afresh
-    # each epoch; data/mixing.py). Every epoch has the same size.
+    # each epoch; data/mixing.py). Every epoch has the same size. `val` is a list, or {task: list}
+    # when each task's validation loss is logged too (early stopping follows the pooled loss).
     epoch_examples = train if callable(train) else (lambda epoch: train)
     # One optimizer step consumes a global batch of batch_size x grad_accum examples, split into
     # micro-batches: the same examples meet in a step whatever the split (1x8 == 8x1).
@@ -199,20 +200,19 @@ def _labelled(e: Encoded) -> int:
 
 
 def _evaluate(
-    model: Any, val: list[Encoded], pad_id: int, cfg: TrainerConfig, accelerator: Any, state: LoopState, io: LoopIO, log: Callable
+    model: Any,
+    val: list[Encoded] | dict[str, list[Encoded]],
+    pad_id: int,
+    cfg: TrainerConfig,
+    accelerator: Any,
+    state: LoopState,
+    io: LoopIO,
+    log: Callable,
 ) -> None:
-    # Validation loss is sharded: each process scores its share with the plain model (no DDP
-    # forward), then the sums are added. FSDP / ZeRO-3 weights live on all ranks, so there every
-    # rank runs every forward, on all the data.
-    if dist.params_sharded(accelerator):
-        totals = torch.tensor(nll_totals(model, val, pad_id, cfg.batch_size * 2, accelerator.autocast), dtype=torch.float64)
-    else:
-        mine = dist.shard(val)
-        plain = accelerator.unwrap_model(model)
-        part = nll_totals(plain, mine, pad_id, cfg.batch_size * 2, accelerator.autocast) if mine else (0.0, 0)
-        totals = torch.tensor(part, dtype=torch.float64)
-        dist.all_reduce_(totals)
-    val_loss = float(totals[0] / max(float(totals[1]), 1.0))
+    groups = val if isinstance(val, dict) else {"": val}
+    totals = {name: _nll_sums(model, examples, pad_id, cfg, accelerator) for name, examples in groups.items() if examples}
+    val_loss = float(sum(t[0] for t in totals.values()) / max(float(sum(t[1] for t in totals.values())), 1.0))
+    per_task = {f"val_loss/{name}": float(t[0] / max(float(t[1]), 1.0)) for name, t in totals.items()} if len(totals) > 1 else {}
     improved = state.best_val is None or val_loss < state.best_val
     if improved:
         state.best_val, state.best_step, state.bad_evals = val_loss, state.step, 0
@@ -222,4 +222,19 @@ def _evaluate(
         state.bad_evals += 1
         if cfg.early_stopping_patience and state.bad_evals >= cfg.early_stopping_patience:
             state.stopped_early = True
-    log({"step": state.step, "val_loss": val_loss, "best_val_loss": state.best_val, "early_stop": state.stopped_early})
+    log({"step": state.step, "val_loss": val_loss, **per_task, "best_val_loss": state.best_val, "early_stop": state.stopped_early})
+
+
+def _nll_sums(model: Any, val: list[Encoded], pad_id: int, cfg: TrainerConfig, accelerator: Any) -> torch.Tensor:
+    """(summed token NLL, labelled tokens) of `val` over all processes."""
+    # Validation loss is sharded: each process scores its share with the plain model (no DDP
+    # forward), then the sums are added. FSDP / ZeRO-3 weights live on all ranks, so there every
+    # rank runs every forward, on all the data.
+    if dist.params_sharded(accelerator):
+        return torch.tensor(nll_totals(model, val, pad_id, cfg.batch_size * 2, accelerator.autocast), dtype=torch.float64)
+    mine = dist.shard(val)
+    plain = accelerator.unwrap_model(model)
+    part = nll_totals(plain, mine, pad_id, cfg.batch_size * 2, accelerator.autocast) if mine else (0.0, 0)
+    totals = torch.tensor(part, dtype=torch.float64)
+    dist.all_reduce_(totals)
+    return totals
