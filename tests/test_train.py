@@ -139,10 +139,23 @@ def test_multitask_run_logs_each_tasks_validation_loss_and_scores(tmp_path, tiny
     from helpers import read_metrics
 
     tasks = [
-        {"name": "sentiment", "train": str(tiny_data["train"]), "test": str(tiny_data["test"]), "weight": 0.5,
-         "template": {"prompt": "Review: {text}\nSentiment?", "response": "{label}"}, "labels": ["negative", "positive"]},
-        {"name": "repeat", "train": str(tiny_data["train"]), "test": str(tiny_data["test"]), "weight": 0.5, "metric": "exact_match",
-         "template": {"prompt": "Repeat: {text}", "response": "{text}"}, "max_new_tokens": 4},
+        {
+            "name": "sentiment",
+            "train": str(tiny_data["train"]),
+            "test": str(tiny_data["test"]),
+            "weight": 0.5,
+            "template": {"prompt": "Review: {text}\nSentiment?", "response": "{label}"},
+            "labels": ["negative", "positive"],
+        },
+        {
+            "name": "repeat",
+            "train": str(tiny_data["train"]),
+            "test": str(tiny_data["test"]),
+            "weight": 0.5,
+            "metric": "exact_match",
+            "template": {"prompt": "Repeat: {text}", "response": "{text}"},
+            "max_new_tokens": 4,
+        },
     ]
     cfg = tiny_config(tiny_model, tiny_data, tmp_path / "runs", trainer={"max_steps": 4, "eval_every": 2})
     cfg["data"] = {"tasks": tasks, "mixing": "fractions", "max_length": 64}
