@@ -3,6 +3,10 @@ same token sequences, same batch size.
 
     python benchmarks/throughput.py                      # SmolLM2-135M, batch 8, sequences of 64-256 tokens
     python benchmarks/throughput.py --methods lora --steps 6 --json out.json
+    python benchmarks/throughput.py --methods lora --tools retune --variant sdpa=model.attention=sdpa
+
+A --variant NAME=KEY=VALUE[,KEY=VALUE...] adds a retune row "retune[NAME]" trained with those config
+overrides (the --set syntax of `retune train`), measured in the same run as the others.
 
 Each (tool, method) trains in its own process (so peak RSS is its own) for --steps optimizer steps;
 tokens/s counts non-pad tokens over the steps after --warmup. MFU = model FLOPs per second / the bf16
@@ -69,20 +73,21 @@ def model_flops_per_token(model_dir: str, mean_len: float) -> float:
     return 6 * n + 6 * config.num_hidden_layers * config.hidden_size * mean_len
 
 
-def retune_worker(model_dir: str, method: str, data: str, batch: int, steps: int, warmup: int) -> dict:
-    from retune.config import RetuneConfig
+def retune_worker(model_dir: str, method: str, data: str, batch: int, steps: int, warmup: int, overrides: list[str]) -> dict:
+    from retune.config import RetuneConfig, apply_override
     from retune.data.templates import Encoded
     from retune.models.load import load_base, prepare_for_training
     from retune.run import make_accelerator, setup_torch
     from retune.train.loop import LoopIO, fit
 
-    cfg = RetuneConfig.model_validate(
-        {
-            "model": {"base": model_dir},
-            "adapter": {"type": method, "r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"},
-            "trainer": {"batch_size": batch, "max_steps": steps, "log_every": 1, "lr": 2e-4},
-        }
-    )
+    raw = {
+        "model": {"base": model_dir},
+        "adapter": {"type": method, "r": 16, "alpha": 32, "dropout": 0.05, "target_modules": "all-linear"},
+        "trainer": {"batch_size": batch, "max_steps": steps, "log_every": 1, "lr": 2e-4},
+    }
+    for item in overrides:
+        apply_override(raw, item)
+    cfg = RetuneConfig.model_validate(raw)
     setup_torch(cfg)
     accelerator = make_accelerator(cfg)
     model = load_base(cfg, model_dir, trainable_full=method == "full")
@@ -100,12 +105,13 @@ def retune_worker(model_dir: str, method: str, data: str, batch: int, steps: int
     }
 
 
-def run_one(tool: str, method: str, model_dir: str, data: str, a: argparse.Namespace) -> dict:
+def run_one(tool: str, method: str, model_dir: str, data: str, a: argparse.Namespace, overrides: list[str]) -> dict:
     common = ["--batch", str(a.batch), "--steps", str(a.steps), "--warmup", str(a.warmup)]
     if tool == "baseline":
         cmd = [sys.executable, str(HERE / "baseline_hf.py"), model_dir, method, data, *common]
     else:
-        cmd = [sys.executable, __file__, "--worker", method, "--model-dir", model_dir, "--data", data, *common]
+        sets = [f"--set={o}" for o in overrides]
+        cmd = [sys.executable, __file__, "--worker", method, "--model-dir", model_dir, "--data", data, *common, *sets]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=a.timeout)
     if proc.returncode != 0:
@@ -126,13 +132,15 @@ def main() -> None:
     ap.add_argument("--max-len", type=int, default=256)
     ap.add_argument("--timeout", type=int, default=1800)
     ap.add_argument("--json", dest="json_path")
+    ap.add_argument("--variant", action="append", default=[], help="NAME=KEY=VALUE[,KEY=VALUE]: an extra retune row with overrides")
+    ap.add_argument("--set", dest="sets", action="append", default=[], help=argparse.SUPPRESS)
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     ap.add_argument("--model-dir", help=argparse.SUPPRESS)
     ap.add_argument("--data", help=argparse.SUPPRESS)
     a = ap.parse_args()
 
     if a.worker:
-        print(json.dumps(retune_worker(a.model_dir, a.worker, a.data, a.batch, a.steps, a.warmup)))
+        print(json.dumps(retune_worker(a.model_dir, a.worker, a.data, a.batch, a.steps, a.warmup, a.sets)))
         return
 
     import torch
@@ -150,14 +158,20 @@ def main() -> None:
         flush=True,
     )
 
+    tools: list[tuple[str, list[str]]] = [(t, []) for t in a.tools.split(",")]
+    for v in a.variant:
+        name, _, sets = v.partition("=")
+        if not sets:
+            ap.error(f"--variant {v!r}: expected NAME=KEY=VALUE[,KEY=VALUE]")
+        tools.append((f"retune[{name}]", sets.split(",")))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "seqs.jsonl"
         data.write_text("".join(json.dumps({"input_ids": s}) + "\n" for s in seqs))
         for method in a.methods.split(","):
-            for tool in a.tools.split(","):
+            for tool, overrides in tools:
                 t = time.perf_counter()
-                r = run_one(tool, method, model_dir, str(data), a)
+                r = run_one(tool, method, model_dir, str(data), a, overrides)
                 row = {"tool": tool, "method": method, **r}
                 if "tokens_per_s" in r:
                     row["mfu"] = r["tokens_per_s"] * flops_tok / (tflops * 1e12)
@@ -176,6 +190,7 @@ def main() -> None:
             "max_len": a.max_len,
             "mean_len": mean_len,
             "model_flops_per_token": flops_tok,
+            "variants": a.variant,
             "rows": rows,
         }
         Path(a.json_path).write_text(json.dumps(out, indent=2) + "\n")
@@ -183,17 +198,18 @@ def main() -> None:
 
 def print_table(rows: list[dict]) -> None:
     get = {(r["tool"], r["method"]): r for r in rows}
-    print(f"\n{'method':8} {'tool':9} {'tokens/s':>9} {'peak RSS MB':>12} {'MFU':>6} {'speed x':>8} {'memory x':>9}")
+    width = max([9, *(len(r["tool"]) for r in rows)])
+    print(f"\n{'method':8} {'tool':{width}} {'tokens/s':>9} {'peak RSS MB':>12} {'MFU':>6} {'speed x':>8} {'memory x':>9}")
     for r in rows:
         if "error" in r:
-            print(f"{r['method']:8} {r['tool']:9} error: {r['error']}")
+            print(f"{r['method']:8} {r['tool']:{width}} error: {r['error']}")
             continue
         base = get.get(("baseline", r["method"]))
         sx = mx = ""
-        if r["tool"] == "retune" and base and "tokens_per_s" in base:
+        if r["tool"].startswith("retune") and base and "tokens_per_s" in base:
             sx = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}"
             mx = f"{r['peak_rss_mb'] / base['peak_rss_mb']:.2f}"
-        print(f"{r['method']:8} {r['tool']:9} {r['tokens_per_s']:9.1f} {r['peak_rss_mb']:12.0f} {r['mfu']:6.1%} {sx:>8} {mx:>9}")
+        print(f"{r['method']:8} {r['tool']:{width}} {r['tokens_per_s']:9.1f} {r['peak_rss_mb']:12.0f} {r['mfu']:6.1%} {sx:>8} {mx:>9}")
     lora, qlora = get.get(("retune", "lora")), get.get(("retune", "qlora"))
     if lora and qlora and "tokens_per_s" in lora and "tokens_per_s" in qlora:
         print(

@@ -168,8 +168,8 @@ class Retention:
         return retention_summary(self.base, final)
 
 
-def print_tradeoff(task: str, base: dict, final: dict, retention: dict[str, dict]) -> None:
-    """Gain on the new task next to forgetting on each retained task."""
+def print_tradeoff(tasks: str | list[str], base: dict, final: dict, retention: dict[str, dict]) -> None:
+    """Gain on the new task(s) (every trained task of a multi-task run) next to forgetting on each retained task."""
     from rich.table import Table
 
     from retune.evaluate.forgetting import primary
@@ -177,10 +177,11 @@ def print_tradeoff(task: str, base: dict, final: dict, retention: dict[str, dict
     table = Table(title="gain on the new task vs forgetting on what it must retain (points; probe: NLL)")
     for col in ("task", "role", "metric", "base", "final", "change"):
         table.add_column(col, justify="left" if col in ("task", "role", "metric") else "right")
-    if task in base and task in final:
-        m, b = primary(task, base[task])
-        _, f = primary(task, final[task])
-        table.add_row(task, "new", m, f"{b:.2f}", f"{f:.2f}", f"{f - b:+.2f}")
+    for task in [tasks] if isinstance(tasks, str) else tasks:
+        if task in base and task in final:
+            m, b = primary(task, base[task])
+            _, f = primary(task, final[task])
+            table.add_row(task, "new", m, f"{b:.2f}", f"{f:.2f}", f"{f - b:+.2f}")
     for name, r in retention.items():
         fmt = ".4f" if r["metric"] == "nll" else ".2f"
         table.add_row(name, "retained", r["metric"], f"{r['base']:{fmt}}", f"{r['final']:{fmt}}", f"{r['delta']:+{fmt}}")

@@ -306,7 +306,7 @@ def train(config_path: str | None, overrides: list[str] | None = None, resume: s
     how = summary["scoring"] if isinstance(summary["scoring"], str) else "per-task"
     print_scores(f"{summary['task']}: base vs tuned ({how} scoring)", base_scores, final)
     if retained:
-        print_tradeoff(prep.tasks[0].name, base_scores or {}, final, retained)
+        print_tradeoff([prep.tasks[i].name for i in prep.trained], base_scores or {}, final, retained)
     return run_dir, summary
 
 

@@ -167,14 +167,16 @@ def peft_config(adapter: AdapterConfig, task_type: str = "CAUSAL_LM") -> Any:
         raise UsageError(f"adapter.options for {kind}: {e}") from None
 
 
-def attach_adapter(model: Any, adapter: AdapterConfig) -> Any:
+def attach_adapter(model: Any, adapter: AdapterConfig, bf16_autocast: bool = False) -> Any:
     """Wrap the base with a fresh peft adapter; the base stays frozen."""
     import peft
 
     from retune.models import tasks
 
-    if adapter.quantization != "none":
-        # casts norms to fp32 and lets gradients flow into the input embeddings' outputs
+    if adapter.quantization != "none" and not bf16_autocast:
+        # peft's k-bit preparation casts every non-quantised weight (norms, embeddings) to fp32, for
+        # fp16 compute. Under bf16 autocast they stay bf16, as in LoRA: an fp32 residual stream would
+        # double the saved activations (QLoRA then peaked above LoRA) and slow every elementwise op.
         model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     try:
         # SEQ_CLS: peft also trains the classification head in full (modules_to_save)
@@ -188,7 +190,7 @@ def prepare_for_training(model: Any, cfg: RetuneConfig, bf16_autocast: bool) -> 
     if cfg.adapter.type == "full":
         model.requires_grad_(True)
     else:
-        model = attach_adapter(model, cfg.adapter)
+        model = attach_adapter(model, cfg.adapter, bf16_autocast)
         if bf16_autocast:
             disable_adapter_input_cast(model)
     if cfg.trainer.gradient_checkpointing:
