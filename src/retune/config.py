@@ -279,6 +279,9 @@ class TrainerConfig(_Strict):
     """torch.compile the fused cross-entropy kernel (large vocabularies only; falls back to eager)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass: less memory, about a third more compute."""
+    lean_activations: bool = True
+    """Memory-lean autograd for LoRA dropout, RMSNorm and SwiGLU (models/lean.py): save their inputs,
+    recompute the rest in the backward. Same results up to rounding; Llama-family layers and peft LoRA only."""
     max_forgetting: float | None = Field(None, gt=0)
     """Largest drop allowed on any `retain:` task, in its metric's points (0-100; the probe in NLL
     nats x 100). Checked at every evaluation (needs eval_every): a breach stops training and the run
