@@ -7,10 +7,12 @@ retune's training path (models/load.py, models/loss.py, train/loop.py):
 - full fine-tuning: fp32 master weights, fp32 gradients, fused AdamW (fp32 exp_avg + exp_avg_sq),
   matmuls under bf16 autocast, which caches a bf16 copy of every weight for the whole forward;
 - LoRA / other adapters: frozen base in bf16 (fp32 without fast bf16), adapters fp32;
-- QLoRA: NF4 block linears (0.5 byte + double-quantised absmax), peft's k-bit preparation casts
-  every other weight (embeddings, norms, untied head) to fp32;
-- attention: eager on CPU saves the (B, heads, T, T) probabilities of every layer; SDPA does not;
-- loss: only labelled positions reach the head, 1024 rows of logits at a time.
+- QLoRA: NF4 block linears (0.5 byte + double-quantised absmax); every other weight stays bf16
+  under bf16 autocast (peft's k-bit preparation, which casts them to fp32, runs only without it);
+- lean activations (models/lean.py, Llama-family models): norms, SwiGLU and LoRA dropout save
+  their inputs only, attention saves bf16 probabilities; without them (or other architectures),
+  eager attention saves fp32 and bf16 (B, heads, T, T) probabilities of every layer; SDPA neither;
+- loss: only labelled positions reach the head, CE_CHUNK rows of logits at a time.
 
 The peak is the largest of three moments: loading, scoring (no gradients), and training, where it
 is weights + optimizer states + max(end of forward: saved activations + loss buffers, optimizer
@@ -47,9 +49,9 @@ ALLOC_OVERHEAD = 1.35
 # What stays resident from loading, in units of the checkpoint's size, measured as the RSS after
 # loading and scoring minus runtime and weights in the same SmolLM2 runs: full fine-tuning keeps
 # the mapped bf16 checkpoint besides the fp32 copy (1.5), a bf16 base is the mapping itself (0.1),
-# bitsandbytes quantisation leaves the bf16 original and its temporaries (3.7).
-LOAD_RESIDENT = {"full": 1.5, "lora": 0.1, "qlora": 3.7}
-CE_CHUNK = 1024  # models/loss.py CHUNK: rows of logits alive at once
+# bitsandbytes quantisation leaves temporaries that models/load.py hands back (malloc_trim): 0.6.
+LOAD_RESIDENT = {"full": 1.5, "lora": 0.1, "qlora": 0.6}
+CE_CHUNK = 256  # models/loss.py CHUNK: rows of logits alive at once
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit codes + 8-bit absmax per 64 + fp32 per 256 blocks
 
 
@@ -74,6 +76,7 @@ class Shape:
     dropout: bool = False  # the model's own dropout is on in training (T5: dropout_rate 0.1)
     adapter: int = 0  # trainable parameters of the configured adapter (0: full fine-tuning)
     adapted_in: dict[str, int] = field(default_factory=dict)  # adapted module suffix -> in_features
+    model_type: str = ""  # config.model_type: whether models/lean.py knows its layers
 
 
 def model_shape(cfg: RetuneConfig, path: str | None = None) -> Shape:
@@ -157,6 +160,7 @@ def shape_from_config(config: Any, kind: str = "causal_lm", adapter: Any = None,
         dropout=any(float(getattr(c, k, 0) or 0) > 0 for k in ("dropout_rate", "hidden_dropout", "attention_dropout", "resid_pdrop")),
         adapter=trainable,
         adapted_in=adapted,
+        model_type=str(getattr(c, "model_type", "")),
     )
 
 
@@ -221,6 +225,7 @@ class Rules:
     alloc_overhead: float = ALLOC_OVERHEAD  # 1.0: count live tensors only (a GPU allocator's peak)
     load_resident: bool = True  # count what loading leaves resident (CPU RSS)
     compiled_ce: bool = True  # trainer.compile: the loss kernel fused (else eager fp32 temporaries)
+    lean: bool = False  # trainer.lean_activations (models/lean.py), where the model's layers are known
 
     @classmethod
     def for_config(cls, cfg: RetuneConfig) -> Rules:
@@ -231,6 +236,7 @@ class Rules:
         compile_mb = COMPILE_MB if cfg.trainer.compile else 0.0
         rules = cls(frozen, 2 if fast else 4, fast, cfg.model.attention != "sdpa", True, RUNTIME_MB, compile_mb)
         rules.compiled_ce = cfg.trainer.compile
+        rules.lean = cfg.trainer.lean_activations
         return rules
 
 
@@ -267,6 +273,10 @@ def layer_activation_bytes(
     """
     h, a, k, i = s.hidden, s.heads * s.head_dim, s.kv_heads * s.head_dim, s.intermediate
     mlp = 1.0 if s.gated else 0.5  # two-matrix MLPs save half the intermediate tensors
+    from retune.models.lean import ATTENTION_MODELS  # the Llama family, whose layers lean.py replaces
+
+    if rules.lean and rules.autocast and rules.act_bytes == 2 and s.model_type in ATTENTION_MODELS:
+        return tokens * lean_layer_bytes(s, method, seq, lora_dropout, rules.eager)
     if not rules.autocast or rules.act_bytes == 4:
         # everything fp32 (the seed's GPU runs). Frozen linears save no input (no weight gradient).
         full_ft = method == "full"
@@ -283,12 +293,11 @@ def layer_activation_bytes(
         per_tok = 20 * h + 12 * a + 4 * k + 8 * i * mlp
         probs = 6  # fp32 softmax output + its bf16 cast
     else:
-        qlora = method == "qlora"
-        # without adapters: norm tensors, q/k/v/rotary/attention inputs, MLP tensors (fp32 under QLoRA,
-        # whose k-bit preparation makes the residual stream fp32)
-        per_tok = (8 * h + 14 * a + 8 * k + 12 * i * mlp) if qlora else (12 * h + 10 * a + 4 * k + 6 * i * mlp)
-        # each adapted linear saves its dropout mask (1 byte) and dropped input (2, or 4 when fp32)
-        per_in = (5 if qlora else 3) if lora_dropout else (4 if qlora else 2)
+        # without adapters: norm tensors, q/k/v/rotary/attention inputs, MLP tensors (QLoRA as LoRA:
+        # under bf16 autocast its residual stream stays bf16)
+        per_tok = 12 * h + 10 * a + 4 * k + 6 * i * mlp
+        # each adapted linear saves its dropout mask (1 byte) and dropped input (2)
+        per_in = 3 if lora_dropout else 2
         for name, fan_in in s.adapted_in.items():
             if name in ("o_proj", "down_proj", "dense_4h_to_h", "wo", "o", "dense", "c_proj"):
                 per_in_here = 3 if name in ("o_proj", "o", "dense") else per_in  # attention output is bf16
@@ -298,6 +307,29 @@ def layer_activation_bytes(
         probs = 6
     attn = probs * s.heads * seq if rules.eager else 0
     return tokens * (per_tok + attn)
+
+
+def lean_layer_bytes(s: Shape, method: str, seq: int, lora_dropout: bool, eager: bool) -> float:
+    """Bytes saved per token in one Llama-family layer under models/lean.py (bf16 autocast).
+
+    LoRA / QLoRA: both norm inputs (bf16), q (a reshaped copy), k and v for attention, gate and up
+    for SwiGLU; each group of adapters that reads one input keeps that input once (q/k/v: the
+    attention norm's output; gate/up: the MLP norm's; o: the attention output; down: the SwiGLU
+    product) plus a 1-byte dropout mask per adapted linear. Full fine-tuning: fp32 norm inputs and a
+    bf16 copy of every linear's input (autocast casts it per linear). Attention: bf16 probabilities
+    (lean attention) or the output (SDPA)."""
+    h, a, k, i = s.hidden, s.heads * s.head_dim, s.kv_heads * s.head_dim, s.intermediate
+    if method == "full":
+        per_tok = 8 * h + 10 * h + 2 * a + (2 * a + 4 * k) + 4 * i + 2 * i
+    else:
+        names = s.adapted_in
+        per_tok = 4 * h + (2 * a + 4 * k) + 4 * i
+        per_tok += 2 * h if names.keys() & {"q_proj", "k_proj", "v_proj"} else 0
+        per_tok += 2 * h if names.keys() & {"gate_proj", "up_proj"} else 0
+        per_tok += 2 * a if "o_proj" in names else 0
+        per_tok += 2 * i if "down_proj" in names else 0
+        per_tok += sum(names.values()) if lora_dropout else 0
+    return per_tok + (2 * s.heads * seq if eager else 2 * a)
 
 
 def estimate(cfg: RetuneConfig, shape: Shape | None = None, batch: Batch | None = None, rules: Rules | None = None) -> Plan:
@@ -316,7 +348,8 @@ def estimate(cfg: RetuneConfig, shape: Shape | None = None, batch: Batch | None 
         trainable = P
     elif method == "qlora" or int8:
         q = NF4_BYTES if method == "qlora" else 1.0 + 4 / 64  # int8 codes + row scales (approximate)
-        weights = q * s.quantisable + 4 * (P - s.adapter - s.quantisable)  # k-bit preparation: the rest in fp32
+        rest = r.frozen_bytes if r.autocast else 4  # without bf16 autocast, k-bit preparation casts the rest to fp32
+        weights = q * s.quantisable + rest * (P - s.adapter - s.quantisable)
         trainable = s.adapter
     else:
         weights = r.frozen_bytes * (P - s.adapter)
@@ -348,7 +381,7 @@ def estimate(cfg: RetuneConfig, shape: Shape | None = None, batch: Batch | None 
     # its fp32 gradient plus a bf16 copy of an fp32 head
     rows = min(b.labelled, CE_CHUNK)
     head_trainable = method == "full"
-    head_fp32 = method in ("full", "qlora") or r.frozen_bytes == 4
+    head_fp32 = method == "full" or (method == "qlora" and not r.autocast) or r.frozen_bytes == 4
     if r.chunked_ce:
         chunk = (
             rows * V * (r.act_bytes + 2 if r.compiled_ce and V >= 8192 else 24)

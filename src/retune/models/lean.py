@@ -133,44 +133,53 @@ class SiluMulFn(torch.autograd.Function):
 
 
 class AttentionFn(torch.autograd.Function):
-    """softmax(q k^T * scale + mask) v for grouped-query attention, saving q, k, v and the bf16
-    probabilities only. Eager attention keeps the fp32 softmax output too, and copies of k and v
-    repeated per query group; here the groups are folded into the query rows instead: (B, KV, G*T, D)."""
+    """softmax(q k^T * scale + mask) v for grouped-query attention, saving q, k and v only: the
+    backward recomputes the probabilities (one more q k^T and softmax, ~3% of a step), as flash
+    attention does. Eager attention keeps fp32 and bf16 (B, heads, T, T) probabilities, and k, v
+    repeated per query group; here the groups are folded into the query rows: (B, KV, G*T, D).
+    Same maths as transformers' eager attention; the softmax accumulates in fp32 inside its kernel."""
 
     @staticmethod
     def forward(ctx, q, k, v, mask, scale):  # q (B, H, T, D); k, v (B, KV, S, D); mask additive (B, 1, T, S) or None
-        b, h, t, d = q.shape
-        kv, s_len = k.shape[1], k.shape[2]
-        g = h // kv
         dtype = _compute_dtype(q)
         with torch.autocast(q.device.type, enabled=False):
-            q2 = q.to(dtype).reshape(b, kv, g * t, d)
-            k2, v2 = k.to(dtype), v.to(dtype)
-            scores = (q2 @ k2.transpose(-1, -2)).view(b, kv, g, t, s_len).float() * scale
-            if mask is not None:
-                scores = scores + mask.unsqueeze(2)
-            probs = torch.softmax(scores, dim=-1).to(dtype)
-            del scores
-            out = (probs.view(b, kv, g * t, s_len) @ v2).view(b, h, t, d)
-        ctx.save_for_backward(q2, k2, v2, probs)
+            q2, k2, v2 = _grouped(q, k, dtype), k.to(dtype), v.to(dtype)
+            probs = _probs(q2, k2, mask, scale, q.shape[2])
+            out = (probs.view(q2.shape[0], q2.shape[1], -1, k.shape[2]) @ v2).view(q.shape)
+        ctx.save_for_backward(q2, k2, v2, mask)
         ctx.scale, ctx.in_dtypes, ctx.q_shape = scale, (q.dtype, k.dtype, v.dtype), q.shape
         return out.transpose(1, 2)  # (B, T, H, D), as transformers' attention functions return
 
     @staticmethod
     def backward(ctx, grad):  # grad (B, T, H, D)
-        q2, k2, v2, probs = ctx.saved_tensors
+        q2, k2, v2, mask = ctx.saved_tensors
         b, kv, gt, d = q2.shape
-        s_len = k2.shape[2]
         with torch.autocast(q2.device.type, enabled=False):
+            probs = _probs(q2, k2, mask, ctx.scale, ctx.q_shape[2]).view(b, kv, gt, -1)
             g_out = grad.transpose(1, 2).to(q2.dtype).reshape(b, kv, gt, d)
-            p2 = probs.view(b, kv, gt, s_len)
-            g_v = p2.transpose(-1, -2) @ g_out
+            g_v = probs.transpose(-1, -2) @ g_out
             g_probs = g_out @ v2.transpose(-1, -2)
-            # in fp32 like eager's (from the saved fp32 output there): bf16 here costs ~2% in gradients
-            g_scores = (torch.ops.aten._softmax_backward_data(g_probs.float(), p2.float(), -1, torch.float32) * ctx.scale).to(q2.dtype)
+            g_scores = torch.ops.aten._softmax_backward_data(g_probs, probs, -1, probs.dtype).mul_(ctx.scale)
+            del probs, g_probs
             g_q = (g_scores @ k2).view(ctx.q_shape)
             g_k = g_scores.transpose(-1, -2) @ q2  # sums over the query groups of each key head
         return g_q.to(ctx.in_dtypes[0]), g_k.to(ctx.in_dtypes[1]), g_v.to(ctx.in_dtypes[2]), None, None
+
+
+def _grouped(q: torch.Tensor, k: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """(B, H, T, D) queries as (B, KV, G*T, D): the G query heads that share a key head, stacked."""
+    b, h, t, d = q.shape
+    return q.to(dtype).reshape(b, k.shape[1], (h // k.shape[1]) * t, d)
+
+
+def _probs(q2: torch.Tensor, k2: torch.Tensor, mask: torch.Tensor | None, scale: float, t: int) -> torch.Tensor:
+    """softmax of q k^T * scale + mask, (B, KV, G, T, S), for T queries per head: accumulated in
+    fp32 inside the kernel, stored in the compute dtype (eager attention rounds to it as well)."""
+    b, kv, gt, _ = q2.shape
+    scores = (q2 @ k2.transpose(-1, -2)).mul_(scale).view(b, kv, gt // t, t, k2.shape[2])
+    if mask is not None:
+        scores = scores + mask.unsqueeze(2).to(scores.dtype)
+    return torch.softmax(scores, dim=-1)
 
 
 def lean_attention(

@@ -124,10 +124,29 @@ def load_base(cfg: RetuneConfig, path: str | None = None, trainable_full: bool =
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UsageError(f"cannot load model '{cfg.model.base}' from {path}: {first} (corrupt or incomplete checkpoint?)") from None
     if cfg.adapter.quantization != "none":
+        detach_from_checkpoint(model)
         release_free_memory()  # quantising while loading freed each full-precision weight after use
     if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = model.config.eos_token_id
     return model
+
+
+def detach_from_checkpoint(model: Any) -> None:
+    """Copy the weights that were not quantised (embeddings, norms) out of the checkpoint's memory map.
+
+    transformers leaves them as views of the mapped safetensors file, which keeps the whole mapping
+    alive, and with it every page that quantisation read: 203 MB resident for a 57 MB embedding on
+    SmolLM2-135M. Copied, the mapping closes and those pages leave the process."""
+    for module in model.modules():
+        for param in list(module.parameters(recurse=False)):
+            if type(param).__name__ not in ("Params4bit", "Int8Params"):
+                param.data = param.data.clone()
+        for name, buf in list(module.named_buffers(recurse=False)):
+            if buf is not None:
+                module._buffers[name] = buf.clone()
+    import gc
+
+    gc.collect()  # the mapping is freed with the last storage that viewed it
 
 
 def release_free_memory() -> None:
