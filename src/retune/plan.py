@@ -316,8 +316,9 @@ def lean_layer_bytes(s: Shape, method: str, seq: int, lora_dropout: bool, eager:
     for SwiGLU; each group of adapters that reads one input keeps that input once (q/k/v: the
     attention norm's output; gate/up: the MLP norm's; o: the attention output; down: the SwiGLU
     product) plus a 1-byte dropout mask per adapted linear. Full fine-tuning: fp32 norm inputs and a
-    bf16 copy of every linear's input (autocast casts it per linear). Attention: bf16 probabilities
-    (lean attention) or the output (SDPA)."""
+    bf16 copy of every linear's input (autocast casts it per linear). Attention saves no
+    probabilities (lean attention recomputes them; SDPA keeps its output). Checked with
+    saved_tensors_hooks on SmolLM2-135M, batch 8 x 256: LoRA 1,303 MB measured vs 1,283 predicted."""
     h, a, k, i = s.hidden, s.heads * s.head_dim, s.kv_heads * s.head_dim, s.intermediate
     if method == "full":
         per_tok = 8 * h + 10 * h + 2 * a + (2 * a + 4 * k) + 4 * i + 2 * i
@@ -329,7 +330,7 @@ def lean_layer_bytes(s: Shape, method: str, seq: int, lora_dropout: bool, eager:
         per_tok += 2 * a if "o_proj" in names else 0
         per_tok += 2 * i if "down_proj" in names else 0
         per_tok += sum(names.values()) if lora_dropout else 0
-    return per_tok + (2 * s.heads * seq if eager else 2 * a)
+    return per_tok + (0 if eager else 2 * a)
 
 
 def estimate(cfg: RetuneConfig, shape: Shape | None = None, batch: Batch | None = None, rules: Rules | None = None) -> Plan:
