@@ -1,0 +1,60 @@
+"""The typed run configuration: the one source of defaults, validation and key documentation.
+
+A YAML file is loaded, `--set a.b=c` overrides are applied, and the result is checked here before
+any model or data is touched. Unknown keys are errors with a "did you mean" hint.
+
+- sections.py: model, adapter, data (sources, templates, tasks), eval, trainer, output
+- retention.py: retain (what to keep knowing), retention methods, stages
+- schema.py: RetuneConfig (a whole file) and its cross-section checks
+- loading.py: YAML + overrides -> RetuneConfig, one-line error messages
+"""
+
+from retune.config.loading import ALIASES, apply_override, load_config, to_yaml, validate
+from retune.config.retention import (
+    DistillConfig,
+    EWCConfig,
+    L2SPConfig,
+    ReplayConfig,
+    RetainConfig,
+    RetentionMethod,
+    SIConfig,
+    StageConfig,
+)
+from retune.config.schema import RetuneConfig
+from retune.config.sections import (
+    AdapterConfig,
+    DataConfig,
+    EvalConfig,
+    ModelConfig,
+    OutputConfig,
+    SourceConfig,
+    TaskConfig,
+    TemplateConfig,
+    TrainerConfig,
+)
+
+__all__ = [
+    "ALIASES",
+    "AdapterConfig",
+    "DataConfig",
+    "DistillConfig",
+    "EWCConfig",
+    "EvalConfig",
+    "L2SPConfig",
+    "ModelConfig",
+    "OutputConfig",
+    "ReplayConfig",
+    "RetainConfig",
+    "RetentionMethod",
+    "RetuneConfig",
+    "SIConfig",
+    "SourceConfig",
+    "StageConfig",
+    "TaskConfig",
+    "TemplateConfig",
+    "TrainerConfig",
+    "apply_override",
+    "load_config",
+    "to_yaml",
+    "validate",
+]
