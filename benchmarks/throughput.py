@@ -190,8 +190,10 @@ def main() -> None:
             "max_len": a.max_len,
             "mean_len": mean_len,
             "model_flops_per_token": flops_tok,
+            # "rows" keeps the schema (tool: retune | baseline); --variant rows go beside it
+            "rows": [r for r in rows if r["tool"] in ("retune", "baseline")],
+            "variant_rows": [{**r, "tool": "retune", "variant": r["tool"][7:-1]} for r in rows if r["tool"].startswith("retune[")],
             "variants": a.variant,
-            "rows": rows,
         }
         Path(a.json_path).write_text(json.dumps(out, indent=2) + "\n")
 
