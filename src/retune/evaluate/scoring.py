@@ -97,11 +97,6 @@ def generate(
         gen_kwargs.update(do_sample=True, temperature=temperature, top_p=top_p)
     if stop:  # rows stop early inside generate; the cut below is exact whatever the tokenisation
         gen_kwargs.update(stop_strings=list(stop), tokenizer=tok)
-    if _static_cache_ok(model):
-        # A preallocated KV cache: the default one grows by a concatenation per token, and the
-        # freed shorter copies fragment the heap (code scoring of examples/multitask.yaml peaked at
-        # 1,642 MB with it, 1,191 MB static; same generated text, same time).
-        gen_kwargs.setdefault("cache_implementation", "static")
     side = tok.padding_side
     tok.padding_side = "left"  # generation appends on the right: pad on the left
     outs: list[str] = [""] * len(prompts)
@@ -120,14 +115,6 @@ def generate(
     finally:
         tok.padding_side = side
     return outs
-
-
-def _static_cache_ok(model: Any) -> bool:
-    """Decoder-only models without prompt-learning adapters (those bring their own past key values)."""
-    if getattr(model.config, "is_encoder_decoder", False):
-        return False
-    configs = getattr(model, "peft_config", None) or {}
-    return not any(getattr(c, "is_prompt_learning", False) for c in configs.values())
 
 
 def cut_at_stop(text: str, stop: list[str] | None) -> str:
