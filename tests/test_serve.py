@@ -109,7 +109,7 @@ def test_adapter_output_equals_the_run_generating_alone(client, runs):
 
     from retune.data.templates import Formatter
     from retune.evaluate.scoring import generate
-    from retune.run import load_run
+    from retune.tuned import load_run
 
     cfg, model, tok = load_run(runs[0])
     fmt = Formatter(tok, cfg.data)

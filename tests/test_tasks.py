@@ -14,7 +14,8 @@ from helpers import write_config
 from retune.data.batching import collate
 from retune.data.templates import Encoded
 from retune.models.loss import training_loss
-from retune.run import evaluate, train
+from retune.run import train
+from retune.tuned import evaluate
 
 WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "<pad>", "</s>", "<unk>", "review", ":", "sentiment", "?"]
 WORDS += POSITIVE + NEGATIVE + FILLER + ["positive", "negative"]

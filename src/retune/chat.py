@@ -19,7 +19,8 @@ def chat_loop(
     """Read a line, answer it with the whole conversation as context, repeat; returns the history."""
     from retune.data.templates import Formatter
     from retune.evaluate.scoring import generate
-    from retune.run import load_target, make_accelerator
+    from retune.run import make_accelerator
+    from retune.tuned import load_target
 
     cfg, model, tok = load_target(target)  # a run directory, or a base model to chat with
     fmt = Formatter(tok, cfg.data)

@@ -160,7 +160,7 @@ def validate(config: str, set_: SetOpt = None) -> None:
 def eval_(target: Annotated[str, typer.Argument(help="A run directory, or a config (scores its base model)")], set_: SetOpt = None) -> None:
     """Score a tuned run (or a config's base model) on its task."""
     _quiet_libraries()
-    from retune.run import evaluate
+    from retune.tuned import evaluate
 
     print(json.dumps(evaluate(target, set_), indent=2))
 
@@ -174,7 +174,7 @@ def predict(
 ) -> None:
     """Predict on unseen records with a tuned run."""
     _quiet_libraries()
-    from retune.run import predict as run_predict
+    from retune.tuned import predict as run_predict
 
     rows = run_predict(run, input, output)
     if output is None:
@@ -192,7 +192,7 @@ def generate(
 ) -> None:
     """Generate a reply to one prompt (greedy unless --temperature > 0)."""
     _quiet_libraries()
-    from retune.run import generate_text
+    from retune.tuned import generate_text
 
     print(generate_text(run, prompt, max_new_tokens, temperature))
 

@@ -69,8 +69,9 @@ def distill(
     from retune.models.load import load_base, load_tokenizer
     from retune.models.resolve import resolve_base
     from retune.retention.distill import Distillation
-    from retune.run import is_run_dir, load_run, make_accelerator
+    from retune.run import make_accelerator
     from retune.train.loop import LoopIO, fit
+    from retune.tuned import is_run_dir, load_run
 
     if not is_run_dir(teacher_run):
         raise UsageError(f"{teacher_run} is not a run directory (no config.yaml): distil from a fine-tuned run")
