@@ -158,25 +158,26 @@ def main() -> None:
         flush=True,
     )
 
-    tools: list[tuple[str, list[str]]] = [(t, []) for t in a.tools.split(",")]
+    # (tool, variant name or None, config overrides)
+    tools: list[tuple[str, str | None, list[str]]] = [(t, None, []) for t in a.tools.split(",")]
     for v in a.variant:
         name, _, sets = v.partition("=")
         if not sets:
             ap.error(f"--variant {v!r}: expected NAME=KEY=VALUE[,KEY=VALUE]")
-        tools.append((f"retune[{name}]", sets.split(",")))
+        tools.append(("retune", name, sets.split(",")))
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         data = Path(tmp) / "seqs.jsonl"
         data.write_text("".join(json.dumps({"input_ids": s}) + "\n" for s in seqs))
         for method in a.methods.split(","):
-            for tool, overrides in tools:
+            for tool, variant, overrides in tools:
                 t = time.perf_counter()
                 r = run_one(tool, method, model_dir, str(data), a, overrides)
-                row = {"tool": tool, "method": method, **r}
+                row = {"tool": tool, **({"variant": variant} if variant else {}), "method": method, **r}
                 if "tokens_per_s" in r:
                     row["mfu"] = r["tokens_per_s"] * flops_tok / (tflops * 1e12)
                 rows.append(row)
-                print(f"  {tool:8} {method:5} {json.dumps(r)} ({time.perf_counter() - t:.0f} s)", flush=True)
+                print(f"  {label(row):8} {method:5} {json.dumps(r)} ({time.perf_counter() - t:.0f} s)", flush=True)
 
     print_table(rows)
     if a.json_path:
@@ -191,27 +192,31 @@ def main() -> None:
             "mean_len": mean_len,
             "model_flops_per_token": flops_tok,
             # "rows" keeps the schema (tool: retune | baseline); --variant rows go beside it
-            "rows": [r for r in rows if r["tool"] in ("retune", "baseline")],
-            "variant_rows": [{**r, "tool": "retune", "variant": r["tool"][7:-1]} for r in rows if r["tool"].startswith("retune[")],
+            "rows": [r for r in rows if "variant" not in r],
+            "variant_rows": [r for r in rows if "variant" in r],
             "variants": a.variant,
         }
         Path(a.json_path).write_text(json.dumps(out, indent=2) + "\n")
 
 
+def label(row: dict) -> str:
+    return f"retune[{row['variant']}]" if "variant" in row else row["tool"]
+
+
 def print_table(rows: list[dict]) -> None:
-    get = {(r["tool"], r["method"]): r for r in rows}
-    width = max([9, *(len(r["tool"]) for r in rows)])
+    get = {(r["tool"], r["method"]): r for r in rows if "variant" not in r}
+    width = max([9, *(len(label(r)) for r in rows)])
     print(f"\n{'method':8} {'tool':{width}} {'tokens/s':>9} {'peak RSS MB':>12} {'MFU':>6} {'speed x':>8} {'memory x':>9}")
     for r in rows:
         if "error" in r:
-            print(f"{r['method']:8} {r['tool']:{width}} error: {r['error']}")
+            print(f"{r['method']:8} {label(r):{width}} error: {r['error']}")
             continue
         base = get.get(("baseline", r["method"]))
         sx = mx = ""
-        if r["tool"].startswith("retune") and base and "tokens_per_s" in base:
+        if r["tool"] == "retune" and base and "tokens_per_s" in base:
             sx = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}"
             mx = f"{r['peak_rss_mb'] / base['peak_rss_mb']:.2f}"
-        print(f"{r['method']:8} {r['tool']:{width}} {r['tokens_per_s']:9.1f} {r['peak_rss_mb']:12.0f} {r['mfu']:6.1%} {sx:>8} {mx:>9}")
+        print(f"{r['method']:8} {label(r):{width}} {r['tokens_per_s']:9.1f} {r['peak_rss_mb']:12.0f} {r['mfu']:6.1%} {sx:>8} {mx:>9}")
     lora, qlora = get.get(("retune", "lora")), get.get(("retune", "qlora"))
     if lora and qlora and "tokens_per_s" in lora and "tokens_per_s" in qlora:
         print(

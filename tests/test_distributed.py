@@ -25,10 +25,10 @@ from retune.train import distributed
 TRAINER = {"batch_size": 1, "grad_accum": 3, "max_steps": 23, "eval_every": 11, "threads": 1, "scheduler": "cosine", "warmup_steps": 2}
 
 
-def _cli(args: list[str], tag: str = "", timeout: float = 300) -> subprocess.CompletedProcess:
-    """`retune train ... --nproc 2` in its own session, so a timeout kills every process it started."""
+def _spawn(args: list[str], tag: str) -> subprocess.Popen:
+    """`retune ARGS` in its own session (a process group to kill), one thread per process."""
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "RETUNE_TEST_TAG": tag}
-    p = subprocess.Popen(
+    return subprocess.Popen(
         [sys.executable, "-m", "retune.cli", *args],
         env=env,
         text=True,
@@ -36,6 +36,11 @@ def _cli(args: list[str], tag: str = "", timeout: float = 300) -> subprocess.Com
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
+
+
+def _cli(args: list[str], tag: str = "", timeout: float = 300) -> subprocess.CompletedProcess:
+    """`retune train ... --nproc 2` in its own session, so a timeout kills every process it started."""
+    p = _spawn(args, tag)
     try:
         out, err = p.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
@@ -102,15 +107,7 @@ def test_killed_rank_fails_cleanly_and_resume_continues_on_one_process(tmp_path,
     cfg = tiny_config(tiny_model, tiny_data, tmp_path / "runs", trainer=trainer)
     path = write_config(tmp_path / "cfg.yaml", cfg)
     tag = uuid.uuid4().hex
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "RETUNE_TEST_TAG": tag}
-    p = subprocess.Popen(
-        [sys.executable, "-m", "retune.cli", "train", str(path), "--nproc", "2"],
-        env=env,
-        text=True,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    p = _spawn(["train", str(path), "--nproc", "2"], tag)
     try:
         deadline = time.monotonic() + 240
         victim = None

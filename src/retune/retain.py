@@ -168,7 +168,7 @@ class Retention:
         return retention_summary(self.base, final)
 
 
-def print_tradeoff(tasks: str | list[str], base: dict, final: dict, retention: dict[str, dict]) -> None:
+def print_tradeoff(tasks: list[str], base: dict, final: dict, retention: dict[str, dict]) -> None:
     """Gain on the new task(s) (every trained task of a multi-task run) next to forgetting on each retained task."""
     from rich.table import Table
 
@@ -177,7 +177,7 @@ def print_tradeoff(tasks: str | list[str], base: dict, final: dict, retention: d
     table = Table(title="gain on the new task vs forgetting on what it must retain (points; probe: NLL)")
     for col in ("task", "role", "metric", "base", "final", "change"):
         table.add_column(col, justify="left" if col in ("task", "role", "metric") else "right")
-    for task in [tasks] if isinstance(tasks, str) else tasks:
+    for task in tasks:
         if task in base and task in final:
             m, b = primary(task, base[task])
             _, f = primary(task, final[task])

@@ -61,13 +61,9 @@ class Prepared:
         return [i for i, t in enumerate(self.task_train) if t]
 
     @property
-    def val(self) -> list[Encoded]:
-        """The loop's validation set (loss, early stopping): the trained tasks' validation examples."""
-        return [e for i in self.trained for e in self.task_val[i]]
-
-    @property
     def val_by_task(self) -> dict[str, list[Encoded]]:
-        """The same examples by task: the loop logs each task's validation loss beside the pooled one."""
+        """The loop's validation sets (trained tasks only): each task's loss is logged, and early
+        stopping follows the pooled loss."""
         return {self.tasks[i].name: self.task_val[i] for i in self.trained}
 
     @property

@@ -137,7 +137,7 @@ def run_stages(cfg: RetuneConfig, new_run_dir: Any, make_accelerator: Any, save_
     write_json(run_dir / "summary.json", summary)
     print_matrix(names, R, baseline, seq)
     if retained:
-        print_tradeoff(names[-1], base, scores[-1], retained)
+        print_tradeoff([names[-1]], base, scores[-1], retained)
     return run_dir, summary
 
 

@@ -16,23 +16,20 @@ classes of the Llama family listed below; anything else runs as before.
 
 from __future__ import annotations
 
+import math
 import types
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from retune.models.loss import autocast_dtype
+
 # Modules whose forward is, to the line, Llama's (transformers marks them "Copied from LlamaRMSNorm/MLP").
 RMSNORM_CLASSES = {"LlamaRMSNorm", "MistralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "Phi3RMSNorm", "GraniteRMSNorm"}
 SWIGLU_CLASSES = {"LlamaMLP", "MistralMLP", "Qwen2MLP", "Qwen3MLP", "GraniteMLP"}
 # Models whose attention calls transformers' attention interface with Llama's eager maths.
 ATTENTION_MODELS = {"llama", "mistral", "qwen2", "qwen3", "granite"}
-
-
-def _compute_dtype(t: torch.Tensor) -> torch.dtype:
-    if torch.is_autocast_enabled(t.device.type):
-        return torch.get_autocast_dtype(t.device.type)
-    return t.dtype
 
 
 def keep_mask(shape: torch.Size, p: float, device: Any = None) -> tuple[torch.Tensor, float]:
@@ -42,9 +39,7 @@ def keep_mask(shape: torch.Size, p: float, device: Any = None) -> tuple[torch.Te
     about a fifth of a LoRA step over all adapters. Here one 64-bit draw gives four 16-bit uniforms:
     2.6 ms. The rate is p rounded to 1/65536 (0.05 -> 0.050003); scaling by 1/(1 - that rate) keeps
     the expectation exact."""
-    n = 1
-    for d in shape:
-        n *= d
+    n = math.prod(shape)
     cut = round(p * 65536)
     words = torch.empty((n + 3) // 4, dtype=torch.int64, device=device).random_(-(2**63), None)
     keep = words.view(torch.int16)[:n].view(shape) >= cut - 32768
@@ -57,7 +52,7 @@ class DroppedLinearFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, p):
-        dtype = _compute_dtype(x)
+        dtype = autocast_dtype(x)
         with torch.autocast(x.device.type, enabled=False):
             keep, rate = keep_mask(x.shape, p, x.device)
             scale = 1.0 / (1.0 - rate)
@@ -141,7 +136,7 @@ class AttentionFn(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, mask, scale):  # q (B, H, T, D); k, v (B, KV, S, D); mask additive (B, 1, T, S) or None
-        dtype = _compute_dtype(q)
+        dtype = autocast_dtype(q)
         with torch.autocast(q.device.type, enabled=False):
             q2, k2, v2 = _grouped(q, k, dtype), k.to(dtype), v.to(dtype)
             probs = _probs(q2, k2, mask, scale, q.shape[2])

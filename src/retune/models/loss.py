@@ -67,7 +67,8 @@ def hidden_path(model: Any) -> tuple[Any, Any] | None:
     return backbone, head
 
 
-def _compute_dtype(t: torch.Tensor) -> torch.dtype:
+def autocast_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype matmuls on `t` run in: autocast's when it is on, else the tensor's own."""
     if torch.is_autocast_enabled(t.device.type):
         return torch.get_autocast_dtype(t.device.type)
     return t.dtype
@@ -82,7 +83,7 @@ class LinearCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, targets, token_weights):  # hidden (N, C), weight (V, C)
-        dtype = _compute_dtype(hidden)
+        dtype = autocast_dtype(hidden)
         need_h, need_w = hidden.requires_grad, weight.requires_grad
         w = weight.detach().to(dtype)
         losses = torch.empty(hidden.shape[0], dtype=torch.float32, device=hidden.device)
