@@ -189,15 +189,33 @@ def test_api_key(registry):
         assert good.chat.completions.create(model="a", messages=PROMPT, max_tokens=2).choices
 
 
+class _CountingEngine(Engine):
+    """An Engine that counts accepted requests, so a test can wait for a state instead of sleeping."""
+
+    submitted = 0
+
+    def submit(self, job) -> None:
+        super().submit(job)
+        self.submitted += 1
+
+
+def _wait_for(condition, what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.01)
+
+
 def test_full_queue_is_429_and_slow_request_is_504(registry):
-    app = create_app(registry, Engine(registry, max_queue=1), Settings(timeout_s=1.0))
+    engine = _CountingEngine(registry, max_queue=1)
+    app = create_app(registry, engine, Settings(timeout_s=1.0))
     body = {"model": "a", "messages": PROMPT, "max_tokens": 2}
     with running(app) as url, concurrent.futures.ThreadPoolExecutor(2) as pool:
         with registry.lock:  # the worker blocks on the model: requests pile up
             first = pool.submit(httpx.post, f"{url}/v1/chat/completions", json=body, timeout=30)
-            time.sleep(0.3)  # taken by the worker, which now waits for the lock
+            _wait_for(lambda: engine.submitted == 1 and engine.queued() == 0, "the worker took the first request")
             second = pool.submit(httpx.post, f"{url}/v1/chat/completions", json=body, timeout=30)
-            time.sleep(0.3)  # waiting in the queue (1 place)
+            _wait_for(lambda: engine.queued() == 1, "the second request waits in the queue (1 place)")
             third = httpx.post(f"{url}/v1/chat/completions", json=body)
             assert third.status_code == 429 and third.json()["error"]["type"] == "rate_limit_error"
             assert first.result().status_code == 504
