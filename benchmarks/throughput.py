@@ -6,7 +6,10 @@ same token sequences, same batch size.
     python benchmarks/throughput.py --methods lora --tools retune --variant sdpa=model.attention=sdpa
 
 A --variant NAME=KEY=VALUE[,KEY=VALUE...] adds a retune row "retune[NAME]" trained with those config
-overrides (the --set syntax of `retune train`), measured in the same run as the others.
+overrides (the --set syntax of `retune train`), measured in the same run as the others. The key
+`allocator` (tcmalloc | jemalloc | system) is not a config key: it picks the row's malloc, as
+RETUNE_ALLOCATOR does for `retune` (retune rows run on what `retune` would choose; the baseline on the
+system malloc, as a plain `python script.py` does).
 
 Each (tool, method) trains in its own process (so peak RSS is its own) for --steps optimizer steps;
 tokens/s counts non-pad tokens over the steps after --warmup. MFU = model FLOPs per second / the bf16
@@ -28,6 +31,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from retune import allocator
 
 HERE = Path(__file__).resolve().parent
 
@@ -102,17 +107,25 @@ def retune_worker(model_dir: str, method: str, data: str, batch: int, steps: int
     return {
         "tokens_per_s": (last["tokens"] - first["tokens"]) / (last["t"] - first["t"]),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "allocator": allocator.active(),
     }
 
 
 def run_one(tool: str, method: str, model_dir: str, data: str, a: argparse.Namespace, overrides: list[str]) -> dict:
     common = ["--batch", str(a.batch), "--steps", str(a.steps), "--warmup", str(a.warmup)]
-    if tool == "baseline":
-        cmd = [sys.executable, str(HERE / "baseline_hf.py"), model_dir, method, data, *common]
-    else:
-        sets = [f"--set={o}" for o in overrides]
-        cmd = [sys.executable, __file__, "--worker", method, "--model-dir", model_dir, "--data", data, *common, *sets]
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    if tool == "baseline":  # a plain `python script.py`: the system malloc
+        cmd = [sys.executable, str(HERE / "baseline_hf.py"), model_dir, method, data, *common]
+        env.pop("LD_PRELOAD", None)
+    else:
+        # the malloc that the `retune` command would run on (retune/allocator.py); a variant may pick
+        # another with allocator=NAME, which is not a config key
+        for o in overrides:
+            if o.startswith("allocator="):
+                env["RETUNE_ALLOCATOR"] = o.partition("=")[2]
+        env = allocator.preload_env(env)
+        sets = [f"--set={o}" for o in overrides if not o.startswith("allocator=")]
+        cmd = [sys.executable, __file__, "--worker", method, "--model-dir", model_dir, "--data", data, *common, *sets]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=a.timeout)
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-3:]
@@ -206,7 +219,7 @@ def label(row: dict) -> str:
 def print_table(rows: list[dict]) -> None:
     get = {(r["tool"], r["method"]): r for r in rows if "variant" not in r}
     width = max([9, *(len(label(r)) for r in rows)])
-    print(f"\n{'method':8} {'tool':{width}} {'tokens/s':>9} {'peak RSS MB':>12} {'MFU':>6} {'speed x':>8} {'memory x':>9}")
+    print(f"\n{'method':8} {'tool':{width}} {'malloc':8} {'tokens/s':>9} {'peak RSS MB':>12} {'MFU':>6} {'speed x':>8} {'memory x':>9}")
     for r in rows:
         if "error" in r:
             print(f"{r['method']:8} {label(r):{width}} error: {r['error']}")
@@ -216,7 +229,8 @@ def print_table(rows: list[dict]) -> None:
         if r["tool"] == "retune" and base and "tokens_per_s" in base:
             sx = f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}"
             mx = f"{r['peak_rss_mb'] / base['peak_rss_mb']:.2f}"
-        print(f"{r['method']:8} {label(r):{width}} {r['tokens_per_s']:9.1f} {r['peak_rss_mb']:12.0f} {r['mfu']:6.1%} {sx:>8} {mx:>9}")
+        speed = f"{r['tokens_per_s']:9.1f} {r['peak_rss_mb']:12.0f} {r['mfu']:6.1%}"
+        print(f"{r['method']:8} {label(r):{width}} {r.get('allocator', 'system'):8} {speed} {sx:>8} {mx:>9}")
     lora, qlora = get.get(("retune", "lora")), get.get(("retune", "qlora"))
     if lora and qlora and "tokens_per_s" in lora and "tokens_per_s" in qlora:
         print(

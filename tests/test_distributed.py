@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from conftest import tiny_config
 from helpers import losses, read_metrics, write_config
+from retune import allocator
 from retune.run import train
 from retune.train import distributed
 
@@ -71,6 +72,7 @@ def test_two_processes_equal_one(tmp_path, tiny_model, tiny_data):
 
     summary = json.loads((two / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["train"]["steps"] == 23
+    assert summary["train"]["allocator"] == allocator.wanted({})[0], "the ranks run on the allocator `retune` chose"
     rows = read_metrics(two)
     steps = [r["step"] for r in rows if "loss" in r]
     assert steps == list(range(1, 24)), "metrics are written once, by rank 0"

@@ -346,6 +346,9 @@ def chat(
 
 
 def main() -> None:
+    from retune import allocator
+
+    allocator.reexec()  # before torch is imported: tcmalloc for training (retune/allocator.py says why)
     app()
 
 

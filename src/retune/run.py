@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 
+from retune import allocator
 from retune.config import RetuneConfig, load_config, to_yaml
 from retune.data import mixing
 from retune.data.dataset import TaskData, encode_records, load_tasks
@@ -336,6 +337,7 @@ def train_stats(state: LoopState, trainable: int, total: int, t_start: float) ->
         "train_seconds": state.train_seconds,
         "wall_seconds": time.perf_counter() - t_start,
         "peak_memory_mb": peak_rss_mb(),
+        "allocator": allocator.active(),
         "trainable_params": trainable,
         "total_params": total,
         "best_step": state.best_step,
