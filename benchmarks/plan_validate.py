@@ -27,6 +27,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from retune import allocator
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SMOL = "smollm2-135m-instruct"
@@ -154,7 +156,8 @@ def child(config: str, overrides: list[str], outdir: str) -> dict:
         wrap(name, label)
     _, summary = run.train(config, [*overrides, f"output.dir={outdir}", "eval.before=true"])
     mark("end")
-    return {"phases_mb": phases, "peak_mb": max(phases.values()), "summary_peak_mb": summary["train"]["peak_memory_mb"]}
+    peak = summary["train"]["peak_memory_mb"]
+    return {"phases_mb": phases, "peak_mb": max(phases.values()), "summary_peak_mb": peak, "allocator": summary["train"]["allocator"]}
 
 
 # ---------------------------------------------------------------- parent
@@ -195,7 +198,9 @@ def main() -> None:
     if not (llama / "config.json").exists():
         make_llama(llama)
     table = []
-    env = {**os.environ, "PLAN_OUT": str(work / "runs"), "HF_HUB_OFFLINE": "1"}
+    # each child runs on the malloc `retune train` would (retune/allocator.py): the allocator's slack is
+    # part of what the planner predicts
+    env = allocator.preload_env({**os.environ, "PLAN_OUT": str(work / "runs"), "HF_HUB_OFFLINE": "1"})
     blank = work / "plan.yaml"  # the recipe wants a config file: the synthetic runs are all overrides
     blank.write_text("output:\n  name: plan\n")
     for name, (config, overrides) in configs(str(data), str(llama)).items():
@@ -211,6 +216,7 @@ def main() -> None:
         got = json.loads(line[7:])
         row = {"name": name, "config": config, "overrides": overrides, "measured_mb": round(got["peak_mb"])}
         row |= {"summary_peak_mb": round(got["summary_peak_mb"]), "phases_mb": {k: round(v) for k, v in got["phases_mb"].items()}}
+        row["allocator"] = got["allocator"]
         table.append(report(row))
         if args.json:  # after every run: a long sweep keeps what it measured
             Path(args.json).write_text(json.dumps(table, indent=2) + "\n")
