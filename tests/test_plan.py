@@ -90,6 +90,19 @@ def test_retention_buffers(cfg):
     assert ewc.peak_mb > base.peak_mb
 
 
+def test_allocator_slack_follows_the_malloc(cfg, monkeypatch):
+    c = _with(cfg, adapter={"type": "lora"})
+    shape, batch = plan.model_shape(c), plan.Batch(8, 64, 16)
+    glibc = plan.estimate(c, shape, batch, plan.Rules(malloc="system"))
+    tc = plan.estimate(c, shape, batch, plan.Rules(malloc="tcmalloc"))
+    live = plan.estimate(c, shape, batch, plan.Rules(alloc_overhead=1.0))  # a GPU allocator's view
+    assert live.parts["allocator"] == tc.parts["allocator"] == 0 < glibc.parts["allocator"]  # tcmalloc: live tensors
+    assert live.peak_mb == tc.peak_mb < glibc.peak_mb
+    assert any("tcmalloc" in n for n in glibc.notes) and not any("malloc" in n for n in tc.notes)
+    monkeypatch.setenv("RETUNE_ALLOCATOR", "system")
+    assert plan.Rules.for_config(c).malloc == "system"
+
+
 @pytest.mark.parametrize(("text", "mb"), [("8GB", 8192), ("8 GiB", 8192), ("512MB", 512), ("1.5g", 1536), ("300", 300)])
 def test_parse_budget(text, mb):
     assert plan.parse_budget(text) == pytest.approx(mb)

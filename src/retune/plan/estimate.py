@@ -25,6 +25,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from retune import allocator
 from retune.config import RetuneConfig
 from retune.plan.shapes import Batch, Shape, batch_shape, model_shape
 
@@ -49,6 +50,13 @@ ALLOC_OVERHEAD = 1.35
 # out of sample: 350M LoRA 2.06, 350M QLoRA 1.94, t512 1.93, no-compile 1.94, quickstart 2.29.
 # Full fine-tuning on the lean layers measured 1.37 (SmolLM2) and 1.43 (350M): ALLOC_OVERHEAD.
 ALLOC_OVERHEAD_LEAN_ADAPTER = 1.93
+# The same ratio on tcmalloc, the malloc `retune train` runs on where it is installed (allocator.py):
+# it reuses freed blocks by size class, so the training peak is the live tensors. Fitted on the
+# three SmolLM2 rows of benchmarks/plan_validate.py at commit 24e7277 (full 0.96, LoRA 1.06, QLoRA
+# 0.95; mean 0.99); out of sample: 350M LoRA 1.05, QLoRA 0.88, full 0.64 (its loading residue is
+# smaller than glibc's, LOAD_RESIDENT), t512 1.07, no-compile 1.04, quickstart 1.16, ckpt 0.95.
+# Short fixed-shape runs: a long run over varying lengths still grows (benchmarks/results/plan.md).
+ALLOC_OVERHEAD_TCMALLOC = 1.0
 # What stays resident from loading, in units of the checkpoint's size, measured as the RSS after
 # loading and scoring minus runtime and weights in the same SmolLM2 runs: full fine-tuning keeps
 # the mapped bf16 checkpoint besides the fp32 copy (1.5), a bf16 base is the mapping itself (0.1),
@@ -69,7 +77,8 @@ class Rules:
     chunked_ce: bool = True  # retune's LinearCrossEntropy; False: full (B, T, V) fp32 logits (HF loss)
     runtime_mb: float = RUNTIME_MB
     compile_mb: float = COMPILE_MB
-    alloc_overhead: float = ALLOC_OVERHEAD  # 1.0: count live tensors only (a GPU allocator's peak)
+    alloc_overhead: float | None = None  # None: by malloc and path (overhead()); 1.0: live tensors only (a GPU's peak)
+    malloc: str = "system"  # the allocator `retune train` runs on: system (glibc) | tcmalloc | jemalloc
     load_resident: bool = True  # count what loading leaves resident (CPU RSS)
     compiled_ce: bool = True  # trainer.compile: the loss kernel fused (else eager fp32 temporaries)
     lean: bool = False  # trainer.lean_activations (models/lean.py), where the model's layers are known
@@ -84,7 +93,17 @@ class Rules:
         rules = cls(frozen, 2 if fast else 4, fast, cfg.model.attention != "sdpa", True, RUNTIME_MB, compile_mb)
         rules.compiled_ce = cfg.trainer.compile
         rules.lean = cfg.trainer.lean_activations
+        rules.malloc = allocator.wanted()[0]
         return rules
+
+    def overhead(self, method: str, lean_layers: bool) -> float:
+        """Peak RSS over the bytes autograd saves, for this malloc and path (the constants above)."""
+        if self.alloc_overhead is not None:
+            return self.alloc_overhead
+        if self.malloc == "tcmalloc":
+            return ALLOC_OVERHEAD_TCMALLOC
+        # glibc; jemalloc was not calibrated: glibc's larger slack is the safe side
+        return ALLOC_OVERHEAD_LEAN_ADAPTER if method != "full" and lean_layers else ALLOC_OVERHEAD
 
 
 @dataclass
@@ -261,11 +280,8 @@ def estimate(cfg: RetuneConfig, shape: Shape | None = None, batch: Batch | None 
     loading = LOAD_RESIDENT["full" if method == "full" else ("qlora" if method == "qlora" else "lora")] * ckpt if r.load_resident else 0.0
     fixed = r.runtime_mb * MB + loading + weights + adapter + retention + teacher
     saved = act + logits + cast_cache
-    overhead = r.alloc_overhead
-    if method != "full" and lean_applies(s, r) and r.alloc_overhead == ALLOC_OVERHEAD:
-        overhead = ALLOC_OVERHEAD_LEAN_ADAPTER
-    allocator = (overhead - 1) * saved
-    train = fixed + compile_mb * MB + optimizer + max(saved + allocator, grads)
+    slack = (r.overhead(method, lean_applies(s, r)) - 1) * saved
+    train = fixed + compile_mb * MB + optimizer + max(saved + slack, grads)
     # scoring (before and after training): weights plus one layer's no-grad temporaries at eval batch
     eval_rows = cfg.eval.batch_size
     eval_tmp = eval_rows * b.seq_len * (8 * h + 4 * s.intermediate + (8 * s.heads * b.seq_len if r.eager else 0))
@@ -283,10 +299,14 @@ def estimate(cfg: RetuneConfig, shape: Shape | None = None, batch: Batch | None 
         "optimizer": optimizer / MB,
         "activations": (act + cast_cache) / MB,
         "logits": logits / MB,
-        "allocator": allocator / MB if saved + allocator > grads else 0.0,
+        "allocator": slack / MB if saved + slack > grads else 0.0,
         "retention": retention / MB,
         "teacher": teacher / MB,
     }
+    if r.malloc == "system" and r.alloc_overhead is None:
+        notes.append("malloc: the system's (glibc); with tcmalloc (apt-get install libtcmalloc-minimal4) the peak is lower")
+    elif r.malloc == "jemalloc" and r.alloc_overhead is None:
+        notes.append("malloc: jemalloc, not calibrated: glibc's allocator slack assumed (an upper bound)")
     if b.source == "assumed":
         notes.append(f"data not readable here: assumed every row is {b.seq_len} tokens")
     shape_d = {"batch_size": b.size, "seq_len": b.seq_len, "labelled_rows": b.labelled, "source": b.source}
