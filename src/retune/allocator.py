@@ -68,6 +68,26 @@ def active() -> str:
     return "system"
 
 
+def release() -> None:
+    """Hand memory this process freed back to the OS, on whichever malloc it runs. Called between
+    phases (after loading, between scoring and training): a malloc keeps freed memory for reuse, and
+    the next phase's tensors have other sizes, so without this each phase's peak stacks on the last."""
+    import ctypes
+
+    try:
+        here = ctypes.CDLL(None)  # the process's global symbols: a preloaded malloc's among them
+        name = active()
+        if name == "tcmalloc":
+            here.MallocExtension_ReleaseFreeMemory()
+        elif name == "jemalloc":
+            arenas_all = ctypes.c_char_p(b"arena.4096.purge")  # MALLCTL_ARENAS_ALL
+            here.mallctl(arenas_all, None, None, None, ctypes.c_size_t(0))
+        elif hasattr(here, "malloc_trim"):
+            here.malloc_trim(0)
+    except (OSError, AttributeError):  # another libc, or a malloc without the call: nothing to do
+        pass
+
+
 def preload_env(env: dict[str, str] | None = None, want: tuple[str, str | None] | None = None) -> dict[str, str]:
     """`env` (default: this process's) with the wanted allocator preloaded, for a child process."""
     env = dict(os.environ if env is None else env)

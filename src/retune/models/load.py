@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from safetensors import SafetensorError
 
+from retune import allocator
 from retune.config import AdapterConfig, ModelConfig, RetuneConfig
 from retune.errors import UsageError
 from retune.models.resolve import resolve_base
@@ -125,7 +126,7 @@ def load_base(cfg: RetuneConfig, path: str | None = None, trainable_full: bool =
         raise UsageError(f"cannot load model '{cfg.model.base}' from {path}: {first} (corrupt or incomplete checkpoint?)") from None
     if cfg.adapter.quantization != "none":
         detach_from_checkpoint(model)
-        release_free_memory()  # quantising while loading freed each full-precision weight after use
+        allocator.release()  # quantising while loading freed each full-precision weight after use (~650 MB on SmolLM2)
     if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = model.config.eos_token_id
     return model
@@ -147,21 +148,6 @@ def detach_from_checkpoint(model: Any) -> None:
     import gc
 
     gc.collect()  # the mapping is freed with the last storage that viewed it
-
-
-def release_free_memory() -> None:
-    """Hand memory that was freed back to the OS (glibc keeps it otherwise). After a 4-bit load this
-    was ~650 MB on SmolLM2-135M, and training then peaked above LoRA on top of it."""
-    import ctypes
-    import ctypes.util
-
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name) if name else None
-        if libc is not None and hasattr(libc, "malloc_trim"):
-            libc.malloc_trim(0)
-    except OSError:  # not glibc: nothing to do
-        pass
 
 
 def disable_adapter_input_cast(model: Any) -> None:
