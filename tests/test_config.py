@@ -2,10 +2,19 @@ from pathlib import Path
 
 import pytest
 
-from retune.config import RetuneConfig, load_config, validate
+from retune.config import RetuneConfig, load_config, to_yaml, validate
 from retune.errors import UsageError
 
 EXAMPLES = sorted(Path(__file__).resolve().parents[1].joinpath("examples").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
+def test_saved_config_loads_again(path, tmp_path):
+    """A run directory's config.yaml (defaults written out) is what eval / predict / --resume load."""
+    cfg = load_config(path)
+    saved = tmp_path / "config.yaml"
+    saved.write_text(to_yaml(cfg))
+    assert load_config(saved).model_dump() == cfg.model_dump()
 
 
 def test_defaults_are_valid():

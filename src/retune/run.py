@@ -249,9 +249,6 @@ def train(config_path: str | None, overrides: list[str] | None = None, resume: s
         write_json(retention_file, retention.score_base(model, autocast))
     dist.barrier()
     train_examples = retention.replay(model, prep.epoch_examples, autocast)  # replay is data: mixed in here
-    # what scoring freed (generation's KV caches, logits) goes back to the OS: training's tensors have
-    # other sizes, and a malloc's cached blocks would otherwise stay under training's peak (allocator.py)
-    allocator.release()
 
     set_seed(cfg.trainer.seed)  # adapter init does not depend on whether the base was scored
     model = prepare_for_training(model, cfg, bf16_autocast=accelerator.mixed_precision == "bf16")
@@ -285,7 +282,6 @@ def train(config_path: str | None, overrides: list[str] | None = None, resume: s
 
     retention.restore(model, io.ckpt_dir, log)
     accelerator.free_memory()  # Accelerate holds the optimizer (AdamW states: 8 bytes per trainable weight)
-    allocator.release()  # the same between training and the tuned model's scoring
     final = evaluate_tasks(model, prep, autocast, log, stage="tuned model")
     retained = retention.summary(retention.score(model, autocast)) if retention.rset else {}
     if cfg.output.save_model:

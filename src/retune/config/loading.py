@@ -11,7 +11,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from retune.config.schema import RetuneConfig
-from retune.config.sections import SourceConfig, TaskConfig, TemplateConfig
+from retune.config.sections import TASK_SHORTHAND, SourceConfig, TaskConfig, TemplateConfig
 from retune.errors import UsageError
 
 
@@ -153,4 +153,9 @@ def _flatten(ann: Any) -> list[Any]:
 
 
 def to_yaml(cfg: RetuneConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """The full config (defaults included, so a run directory records what ran), loadable again."""
+    d = cfg.model_dump(mode="json")
+    if d["data"].get("tasks") is not None:  # the one-task shorthand's defaults would clash with tasks on reload
+        for key in TASK_SHORTHAND:
+            d["data"].pop(key, None)
+    return yaml.safe_dump(d, sort_keys=False)

@@ -133,6 +133,10 @@ class TaskConfig(_Strict):
     for code. Default: none besides the end-of-sequence token."""
 
 
+# data keys that describe one task: with data.tasks, each task has its own
+TASK_SHORTHAND = ("train", "validation", "test", "columns", "template", "labels", "max_train_samples", "max_eval_samples")
+
+
 class DataConfig(_Strict):
     """One task through the keys train ... labels (the shorthand), or several under `tasks`. Keys
     below `labels` (format, max_length, ...) and the mixing keys apply to every task."""
@@ -188,8 +192,12 @@ class DataConfig(_Strict):
     def _check(self) -> DataConfig:
         if self.tasks is None:
             return self
-        shorthand = ["train", "validation", "test", "columns", "template", "labels", "max_train_samples", "max_eval_samples"]
-        clash = [k for k in shorthand if k in self.model_fields_set]
+        # a shorthand key left at its default is no clash: run directories written before to_yaml
+        # dropped them carry every default
+        fields = type(self).model_fields
+        clash = [
+            k for k in TASK_SHORTHAND if k in self.model_fields_set and getattr(self, k) != fields[k].get_default(call_default_factory=True)
+        ]
         if clash:
             raise ValueError(f"data.{clash[0]} cannot be combined with data.tasks: set it on each task (data.tasks[i].{clash[0]})")
         if not self.tasks:
