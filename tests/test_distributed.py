@@ -64,6 +64,19 @@ def test_helpers_are_no_ops_without_a_process_group():
     assert distributed.agree(lambda: "x") == "x"
 
 
+def test_the_blamed_rank_is_the_cause_not_a_consequence():
+    from types import SimpleNamespace as F
+
+    kill, abort, term = -int(signal.SIGKILL), -int(signal.SIGABRT), -int(signal.SIGTERM)
+    # rank 1 was killed; rank 0 aborted tearing down its broken process group in the same second
+    message, code = distributed._describe({0: F(exitcode=abort, timestamp=5, pid=10), 1: F(exitcode=kill, timestamp=5, pid=11)}, 2)
+    assert message.startswith("training process rank 1 of 2 was killed by SIGKILL (pid 11)") and code == 1
+    message, _ = distributed._describe({0: F(exitcode=1, timestamp=4, pid=10), 1: F(exitcode=abort, timestamp=5, pid=11)}, 2)
+    assert "rank 1 of 2 was killed by SIGABRT" in message  # a lone abort is the cause; exit 1 lost its peer
+    message, code = distributed._describe({0: F(exitcode=term, timestamp=6, pid=10), 1: F(exitcode=2, timestamp=7, pid=11)}, 2)
+    assert "rank 1 of 2 exited with code 2" in message and code == 2  # torchrun's SIGTERM is never the cause
+
+
 def test_two_processes_equal_one(tmp_path, tiny_model, tiny_data):
     cfg = tiny_config(tiny_model, tiny_data, tmp_path / "runs", trainer=TRAINER)
     path = write_config(tmp_path / "cfg.yaml", cfg)

@@ -58,7 +58,7 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             if not rank:
                 print(f"error: {e}", file=sys.stderr)
-            raise typer.Exit(e.exit_code) from None
+            _exit(e.exit_code)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             raise typer.Exit(130) from None
@@ -69,9 +69,20 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             print(f"{who}error: {type(e).__name__}: {first} (set RETUNE_DEBUG=1 for the traceback)", file=sys.stderr)
-            raise typer.Exit(1) from None
+            _exit(1)
 
     return wrapper
+
+
+def _exit(code: int) -> None:
+    """Exit with `code`. One of several training processes leaves at once (os._exit): after a failed
+    collective, tearing down the broken process group at interpreter exit aborts ("terminate called
+    without an active exception", SIGABRT), and torchrun would then report that instead of the cause."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    raise typer.Exit(code)
 
 
 @app.command()

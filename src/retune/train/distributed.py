@@ -207,13 +207,25 @@ def launch(module_args: list[str], nproc: int, env: dict[str, str] | None = None
         raise LaunchFailed(*_describe(e.failures, nproc)) from None
 
 
+# Signals that kill a process from outside or for its own fault: the cause of a failed run. SIGABRT
+# is often a consequence (a rank that lost its peer aborts while tearing down the process group);
+# SIGTERM is torchrun stopping the others.
+CAUSES = {signal.SIGKILL, signal.SIGSEGV, signal.SIGBUS, signal.SIGILL, signal.SIGFPE, signal.SIGINT}
+
+
 def _describe(failures: dict[int, Any], nproc: int) -> tuple[str, int]:
-    # A rank killed by a signal is the cause; the others were stopped by torchrun (SIGTERM) or lost
-    # their peer in a collective. Prefer a signal other than torchrun's own SIGTERM, then the earliest.
+    # Order of blame: killed by a causing signal, by another signal, an exit code other than 1, exit 1
+    # (lost its peer in a collective), torchrun's SIGTERM last; the earliest among equals.
     def key(item: tuple[int, Any]) -> tuple[int, int]:
         _, f = item
-        by_signal = f.exitcode < 0 and -f.exitcode != signal.SIGTERM
-        return (0 if by_signal else 1 if f.exitcode != 1 else 2, f.timestamp)
+        sig = -f.exitcode if f.exitcode < 0 else None
+        if sig is not None and sig in CAUSES:
+            return (0, f.timestamp)
+        if sig == signal.SIGTERM:
+            return (4, f.timestamp)
+        if sig is not None:
+            return (1, f.timestamp)
+        return (2 if f.exitcode != 1 else 3, f.timestamp)
 
     rank_, f = min(failures.items(), key=key)
     if f.exitcode < 0:
