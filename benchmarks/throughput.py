@@ -120,11 +120,14 @@ def run_one(tool: str, method: str, model_dir: str, data: str, a: argparse.Names
     else:
         # the malloc that the `retune` command would run on (retune/allocator.py); a variant may pick
         # another with allocator=NAME, which is not a config key
+        sets = []
         for o in overrides:
-            if o.startswith("allocator="):
-                env["RETUNE_ALLOCATOR"] = o.partition("=")[2]
+            key, _, value = o.partition("=")
+            if key == "allocator":
+                env["RETUNE_ALLOCATOR"] = value
+            else:
+                sets.append(f"--set={o}")
         env = allocator.preload_env(env)
-        sets = [f"--set={o}" for o in overrides if not o.startswith("allocator=")]
         cmd = [sys.executable, __file__, "--worker", method, "--model-dir", model_dir, "--data", data, *common, *sets]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=a.timeout)
     if proc.returncode != 0:

@@ -14,6 +14,7 @@ allocator its own process started with. Child processes (torchrun ranks) inherit
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from pathlib import Path
@@ -51,9 +52,15 @@ def wanted(env: dict[str, str] | os._Environ = os.environ) -> tuple[str, str | N
         if path:
             return name, path
     if choice != "auto":
-        package = {"tcmalloc": "libtcmalloc-minimal4", "jemalloc": "libjemalloc2"}[choice]
-        print(f"warning: RETUNE_ALLOCATOR={choice}: not installed (apt-get install {package}); using the system malloc", file=sys.stderr)
+        _warn_missing(choice)
     return "system", None
+
+
+@functools.cache
+def _warn_missing(choice: str) -> None:
+    """Once per process: `retune plan --budget` asks for the allocator at every estimate it tries."""
+    package = {"tcmalloc": "libtcmalloc-minimal4", "jemalloc": "libjemalloc2"}[choice]
+    print(f"warning: RETUNE_ALLOCATOR={choice}: not installed (apt-get install {package}); using the system malloc", file=sys.stderr)
 
 
 def active() -> str:

@@ -49,7 +49,8 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
         debug = bool(os.environ.get("RETUNE_DEBUG"))
         # one of several training processes: rank 0 reports bad input (every rank meets the same),
         # other failures name their rank
-        rank = int(os.environ.get("RANK", "0")) if int(os.environ.get("WORLD_SIZE", "1")) > 1 else 0
+        several = int(os.environ.get("WORLD_SIZE", "1")) > 1
+        rank = int(os.environ.get("RANK", "0")) if several else 0
         who = f"rank {rank}: " if rank else ""
         try:
             return fn(*args, **kwargs)
@@ -58,7 +59,7 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             if not rank:
                 print(f"error: {e}", file=sys.stderr)
-            _exit(e.exit_code)
+            _exit(e.exit_code, several)
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             raise typer.Exit(130) from None
@@ -69,16 +70,16 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
                 raise
             first = str(e).strip().splitlines()[0] if str(e).strip() else ""
             print(f"{who}error: {type(e).__name__}: {first} (set RETUNE_DEBUG=1 for the traceback)", file=sys.stderr)
-            _exit(1)
+            _exit(1, several)
 
     return wrapper
 
 
-def _exit(code: int) -> None:
+def _exit(code: int, several: bool) -> None:
     """Exit with `code`. One of several training processes leaves at once (os._exit): after a failed
     collective, tearing down the broken process group at interpreter exit aborts ("terminate called
     without an active exception", SIGABRT), and torchrun would then report that instead of the cause."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if several:
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(code)

@@ -219,7 +219,7 @@ def _describe(failures: dict[int, Any], nproc: int) -> tuple[str, int]:
     def key(item: tuple[int, Any]) -> tuple[int, int]:
         _, f = item
         sig = -f.exitcode if f.exitcode < 0 else None
-        if sig is not None and sig in CAUSES:
+        if sig in CAUSES:
             return (0, f.timestamp)
         if sig == signal.SIGTERM:
             return (4, f.timestamp)
