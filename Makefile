@@ -1,11 +1,12 @@
-# retune: `make demo` fine-tunes the built-in model on the built-in sentiment task; `make test` runs the tests.
+# retune: `make demo` fine-tunes the built-in model on the built-in sentiment task; `make test` runs what CI runs:
+# lint (ruff check + format check), the type checker (mypy on src/), then the tests.
 # Both create .venv on first use (torch first: the pinned CPU build, never a CUDA download).
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test test-fast lint clean
+.PHONY: venv demo test check test-fast lint types clean
 
 venv: $(STAMP)
 
@@ -27,8 +28,10 @@ $(STAMP): pyproject.toml Makefile
 demo: venv
 	$(BIN)/retune train examples/quickstart.yaml
 
-test: venv
+test: lint types
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q
+
+check: test
 
 test-fast: venv
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q -m "not slow"
@@ -36,6 +39,9 @@ test-fast: venv
 lint: venv
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/ruff format --check src tests benchmarks
+
+types: venv
+	$(BIN)/mypy src/retune
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -77,7 +77,7 @@ def setup(args: argparse.Namespace, method: str):
     from retune.data.templates import Formatter
     from retune.models.load import load_tokenizer
     from retune.models.resolve import resolve_base
-    from retune.retain import Retention
+    from retune.session.retain import Retention
 
     torch.set_num_threads(len(os.sched_getaffinity(0)))
     cfg = validate(config(args, method))
@@ -116,7 +116,7 @@ def run_one(args: argparse.Namespace, method: str, base: dict) -> dict:
     from retune.evaluate.forgetting import retention_summary
     from retune.models import loss as loss_mod
     from retune.models.load import load_base, prepare_for_training
-    from retune.train.loop import LoopIO, fit
+    from retune.train.loop import Hooks, fit
 
     t0 = time.perf_counter()
     cfg, path, tok, fmt, task, ret = setup(args, method)
@@ -133,9 +133,8 @@ def run_one(args: argparse.Namespace, method: str, base: dict) -> dict:
     regs = ret.regularizers(model, tok.pad_token_id, autocast, log_rows.append)
     out_dir = Path(args.work) / method.replace("+", "_")
     out_dir.mkdir(parents=True, exist_ok=True)
-    io = LoopIO(ckpt_dir=out_dir, log=log_rows.append, regularizers=regs)
     trainer = cfg.trainer.model_copy(update={"save_every": None, "keep_checkpoints": 1})
-    state = fit(model, train, [], trainer, tok.pad_token_id, accelerator, io)
+    state = fit(model, train, [], trainer, tok.pad_token_id, accelerator, out_dir, regs, Hooks(log=log_rows.append))
     model = accelerator.unwrap_model(model)
     new_final = score_new(model, tok, fmt, task, cfg, autocast)
     final = ret.score(model, autocast)

@@ -59,7 +59,7 @@ def main() -> None:
     from retune.data.templates import Formatter
     from retune.models.load import load_base
     from retune.models.merge import merge_run
-    from retune.tuned import load_run
+    from retune.session import load_run
 
     run = Path(args.run)
     merged_dir = Path(args.merged) if args.merged else run / ("merged" if args.dtype == "auto" else "merged-fp32")

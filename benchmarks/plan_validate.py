@@ -3,7 +3,7 @@
     flock /tmp/retune-cpu.lock .venv/bin/python benchmarks/plan_validate.py --json benchmarks/results/plan_validate.json
     .venv/bin/python benchmarks/plan_validate.py --only smol-lora-b8      # one configuration
 
-Each configuration runs `retune.run.train` (the recipe of `retune train`: base scoring, training,
+Each configuration runs `retune.cli.run_train` (what `retune train` runs: base scoring, training,
 tuned scoring, saving) in its own process for --steps optimizer steps. The child resets the
 kernel's peak-RSS counter (/proc/self/clear_refs) at each phase boundary, so it reports the peak of
 every phase (imports, data, load, base eval, training, tuned eval, save); the run's peak is their
@@ -129,12 +129,13 @@ def child(config: str, overrides: list[str], outdir: str) -> dict:
     import torch  # noqa: F401  (the runtime: what every retune process pays)
     import transformers  # noqa: F401
 
-    import retune.run as run
+    import retune.session as session
+    from retune.cli import run_train
 
     mark("imports")
 
-    def wrap(name: str, label: str) -> None:
-        fn = getattr(run, name)
+    def wrap(owner: object, name: str, label: str) -> None:
+        fn = getattr(owner, name)
 
         def inner(*a, **k):
             mark(f"before {label}")
@@ -143,18 +144,18 @@ def child(config: str, overrides: list[str], outdir: str) -> dict:
             finally:
                 mark(label)
 
-        setattr(run, name, inner)
+        setattr(owner, name, inner)
 
-    for name, label in [
-        ("prepare_data", "data"),
-        ("load_base", "load"),
-        ("evaluate_tasks", "eval"),
-        ("prepare_for_training", "adapter"),
-        ("fit", "train"),
-        ("save_model", "save"),
+    for owner, name, label in [
+        (session, "prepare_data", "data"),
+        (session, "load_base", "load"),
+        (session.Session, "score", "eval"),
+        (session, "prepare_for_training", "adapter"),
+        (session, "fit", "train"),
+        (session.Session, "save_model", "save"),
     ]:
-        wrap(name, label)
-    _, summary = run.train(config, [*overrides, f"output.dir={outdir}", "eval.before=true"])
+        wrap(owner, name, label)
+    _, summary = run_train(config, [*overrides, f"output.dir={outdir}", "eval.before=true"])
     mark("end")
     peak = summary["train"]["peak_memory_mb"]
     return {"phases_mb": phases, "peak_mb": max(phases.values()), "summary_peak_mb": peak, "allocator": summary["train"]["allocator"]}

@@ -82,8 +82,8 @@ def retune_worker(model_dir: str, method: str, data: str, batch: int, steps: int
     from retune.config import RetuneConfig, apply_override
     from retune.data.templates import Encoded
     from retune.models.load import load_base, prepare_for_training
-    from retune.run import make_accelerator, setup_torch
-    from retune.train.loop import LoopIO, fit
+    from retune.session import make_accelerator, setup_torch
+    from retune.train.loop import Hooks, fit
 
     raw = {
         "model": {"base": model_dir},
@@ -100,8 +100,8 @@ def retune_worker(model_dir: str, method: str, data: str, batch: int, steps: int
     examples = [Encoded(ids, list(ids), 0) for ids in (json.loads(line)["input_ids"] for line in open(data))]
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as ckpt:
-        io = LoopIO(ckpt_dir=Path(ckpt), log=lambda r: rows.append({**r, "t": time.perf_counter()}))
-        fit(model, examples, [], cfg.trainer, model.config.eos_token_id, accelerator, io)
+        hooks = Hooks(log=lambda r: rows.append({**r, "t": time.perf_counter()}))
+        fit(model, examples, [], cfg.trainer, model.config.eos_token_id, accelerator, Path(ckpt), hooks=hooks)
     by_step = {r["step"]: r for r in rows if "tokens" in r}
     first, last = by_step[warmup], by_step[steps]
     return {

@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 from conftest import tiny_config
 from helpers import losses, read_metrics, write_config
 from retune import allocator
-from retune.run import train
+from retune.cli import run_train as train
 from retune.train import distributed
 
 # batch_size 1 x grad_accum 3: rank 0 takes 2 micro-batches, rank 1 takes 1 (uneven shares), and the
@@ -171,3 +171,22 @@ def test_nproc_rejects_bad_input_before_starting_processes(tmp_path, tiny_model,
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [f"error: config file not found: {tmp_path / 'missing.yaml'}"]
     r = _cli(["train", str(tmp_path / "missing.yaml"), "--nproc", "0"], timeout=120)
     assert r.returncode == 2 and "--nproc 0" in r.stderr
+
+
+def test_stages_under_two_processes_equal_one(tmp_path, tiny_model, tiny_data):
+    """stages: with --nproc 2 (the run directory rank 0 made is every rank's; EWC consolidates on all ranks)."""
+    cfg = tiny_config(tiny_model, tiny_data, tmp_path / "runs", trainer={**TRAINER, "max_steps": 6, "eval_every": 3})
+    task = {k: cfg["data"][k] for k in ("train", "test", "labels", "template")}
+    cfg["stages"] = [{"name": "first", "task": task}, {"name": "second", "task": task, "max_steps": 3}]
+    cfg["retention"] = [{"method": "ewc", "weight": 1.0, "samples": 4}]
+    path = write_config(tmp_path / "stages.yaml", cfg)
+    one, s1 = train(str(path))
+    two = _run_dir(_cli(["train", str(path), "--nproc", "2"]))
+    s2 = json.loads((two / "summary.json").read_text())
+    assert s2["status"] == "completed" and s2["train"]["steps"] == 6 + 3
+    for r1, r2 in zip(s1["stages"]["R"], s2["stages"]["R"], strict=True):
+        assert r2 == pytest.approx(r1, abs=0.5)
+    l1, l2 = losses(one), losses(two)
+    assert l1.keys() == l2.keys()
+    for step in l1:
+        assert l2[step] == pytest.approx(l1[step], abs=1e-4), step

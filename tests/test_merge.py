@@ -16,7 +16,7 @@ runner = CliRunner()
 
 
 def _train(tmp_path, tiny_model, tiny_data, **sections):
-    from retune.run import train
+    from retune.cli import run_train as train
 
     sections.setdefault("eval", {"batch_size": 8, "before": False})
     cfg = tiny_config(tiny_model, tiny_data, tmp_path / "runs", **sections)
@@ -47,7 +47,7 @@ def _greedy(model, tok, text="Review: the plot was dull\nSentiment?", n=12):
 def test_merged_loads_in_plain_transformers_and_matches(tmp_path, lora_run, tiny_model):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from retune.tuned import load_run
+    from retune.session import load_run
 
     out = tmp_path / "merged"
     result = runner.invoke(app, ["merge", str(lora_run), "--out", str(out), "--dtype", "fp32"])
@@ -67,7 +67,7 @@ def test_merged_loads_in_plain_transformers_and_matches(tmp_path, lora_run, tiny
 def test_qlora_merges_into_the_dequantised_base(tmp_path, tiny_model, tiny_data):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from retune.tuned import load_run
+    from retune.session import load_run
 
     run = _train(
         tmp_path, tiny_model, tiny_data, adapter={"type": "qlora", "target_modules": ["q_proj", "v_proj"], "compute_dtype": "fp32"}

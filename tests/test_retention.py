@@ -86,9 +86,9 @@ def test_online_ewc_accumulates_fisher(tiny_model, tok_fmt, examples):
     model = _model(tiny_model)
     ewc = EWC(weight=1.0, samples=4, gamma=0.5)
     ctx = _ctx(tok_fmt, examples)
-    ewc.consolidate(model, ctx)
+    ewc.prepare(model, ctx)
     first = {n: f.clone() for n, f in ewc.fisher.items()}
-    ewc.consolidate(model, ctx)  # same weights, same data: F = 0.5 F + F
+    ewc.end_stage(model, ctx)  # same weights, same data: F = 0.5 F + F
     name = next(iter(first))
     assert torch.allclose(ewc.fisher[name], 1.5 * first[name])
 
@@ -141,7 +141,7 @@ def test_si_path_integral_online(tiny_model, tok_fmt, examples):
 def test_l2sp_zero_at_start_then_positive(tiny_model):
     model = _model(tiny_model, lora=True)
     reg = L2SP(weight=1.0)
-    reg.consolidate(model)
+    reg.prepare(model)
     assert reg.step_penalty(model).item() == 0.0
     _perturb(model, [torch.ones_like(p) for _, p in trainable(model)], 0.1)
     n = sum(p.numel() for _, p in trainable(model))
@@ -154,7 +154,7 @@ def test_distillation_against_itself_is_zero(tiny_model, tok_fmt, examples, lora
 
     model = _model(tiny_model, lora)  # a fresh LoRA adapter is the identity: teacher == student
     reg = Distillation(weight=1.0, temperature=2.0, on=("new", "retain"), batch_size=4)
-    reg.setup(model, _ctx(tok_fmt, examples))
+    reg.prepare(model, _ctx(tok_fmt, examples))
     assert (reg.teacher is None) == lora  # LoRA: no second copy in memory
     batch = collate(examples[:4], tok_fmt[0].pad_token_id)
     term = reg.batch_penalty(model, batch, 1.0 / 8)
@@ -166,15 +166,14 @@ def test_distillation_against_itself_is_zero(tiny_model, tok_fmt, examples, lora
 def _fit(tiny_model, tok_fmt, examples, tmp_path, method_cfgs):
     from accelerate import Accelerator
 
-    from retune.train.loop import LoopIO, fit
+    from retune.train.loop import fit
 
     torch.manual_seed(0)
     model = _model(tiny_model, lora=True)
     regs = build(method_cfgs, model, _ctx(tok_fmt, examples))
     cfg = TrainerConfig(max_steps=3, batch_size=4, lr=1e-2, precision="fp32", seed=1, compile=False)
-    io = LoopIO(ckpt_dir=tmp_path, log=lambda row: None, regularizers=regs)
     tmp_path.mkdir(parents=True, exist_ok=True)
-    fit(model, examples, [], cfg, tok_fmt[0].pad_token_id, Accelerator(cpu=True), io)
+    fit(model, examples, [], cfg, tok_fmt[0].pad_token_id, Accelerator(cpu=True), tmp_path, regs)
     return {n: p.detach().clone() for n, p in trainable(model)}
 
 
@@ -234,6 +233,61 @@ def test_distillation_keeps_no_copy_under_lora(tiny_model):
     assert Distillation.memory_bytes(copy.deepcopy(_model(tiny_model))) > 0
 
 
+def test_every_config_method_is_registered():
+    """Each `method` of the retention config has a regularizer (or is data), and each regularizer a config."""
+    import typing
+
+    from retune.config.retention import RetentionMethod
+    from retune.retention import DATA_METHODS, METHODS
+
+    union = typing.get_args(RetentionMethod)[0]
+    literals = {name for section in typing.get_args(union) for name in typing.get_args(section.model_fields["method"].annotation)}
+    assert literals == set(METHODS) | DATA_METHODS
+    assert not set(METHODS) & DATA_METHODS
+    assert all(cls.name == name for name, cls in METHODS.items())  # the registry key is the penalty's and the state's key
+
+
+def test_build_takes_each_methods_config_and_prepares_it(tiny_model, tok_fmt, examples):
+    methods = [
+        {"method": "ewc", "weight": 3.0, "samples": 5, "gamma": 0.5},
+        {"method": "si", "weight": 2.0, "damping": 0.1, "warmup_steps": 1},
+        {"method": "l2sp", "weight": 0.0},
+        {"method": "distill", "weight": 1.5, "samples": 3, "prompts": ["new", "retain"], "batch_size": 2},
+        {"method": "replay", "share": 0.1},
+    ]
+    cfg = validate({"retention": methods, "retain": {"tasks": [{"train": "x.jsonl"}]}}).retention
+    ewc, si, l2sp, kd = build(cfg, _model(tiny_model, lora=True), _ctx(tok_fmt, examples))  # replay is data: no regularizer
+    assert (type(ewc), ewc.weight, ewc.samples, ewc.gamma) == (EWC, 3.0, 5, 0.5) and ewc.fisher
+    assert (type(si), si.damping, si.warmup_steps) == (SI, 0.1, 1) and si.importance
+    assert type(l2sp) is L2SP and not l2sp.anchor  # weight 0: not prepared
+    assert (type(kd), kd.on, kd.batch_size, kd.data) == (Distillation, ("new", "retain"), 2, examples[:3])
+
+
+def test_end_stage_carries_each_method_into_the_next_stage(tiny_model, tok_fmt, examples):
+    from retune.data.batching import collate
+    from retune.models.loss import token_nll
+
+    model = _model(tiny_model, lora=True)
+    first, second = _ctx(tok_fmt, examples[:8]), _ctx(tok_fmt, examples[8:])
+    kd, kd_all, l2sp, si = Distillation(1.0, samples=3), Distillation(1.0), L2SP(1.0), SI(1.0, warmup_steps=0)
+    for reg in (kd, kd_all, l2sp, si):
+        reg.prepare(model, first)
+    # one SGD step of "the first stage"
+    opt = torch.optim.SGD([p for _, p in trainable(model)], lr=1e-1)
+    nll, n = token_nll(model, collate(examples[:4], tok_fmt[0].pad_token_id))
+    (nll.sum() / n.sum()).backward()
+    si.before_step(model)
+    opt.step()
+    si.after_step(model)
+    assert l2sp.step_penalty(model).item() > 0 and not si.importance
+    for reg in (kd, kd_all, l2sp, si):
+        reg.end_stage(model, second)
+    assert kd.data == examples[:3] + examples[8:11]  # the method's own `samples` of the finished stage
+    assert kd_all.data == examples  # samples unset: all of them
+    assert l2sp.step_penalty(model).item() == 0.0  # re-anchored at the stage's end
+    assert si.importance and si.step_penalty(model).item() == 0.0  # importance from the path, anchored at the end
+
+
 # ------------------------------------------------------------- the recipe end to end (tiny model)
 
 
@@ -249,7 +303,7 @@ def _retain(tiny_data):
 def _run(tmp_path, tiny_model, tiny_data, name="cfg", **top):
     from conftest import tiny_config
     from helpers import write_config
-    from retune.run import train
+    from retune.cli import run_train as train
 
     cfg = tiny_config(tiny_model, tiny_data, tmp_path / "runs")
     cfg["eval"]["max_new_tokens"] = 6
@@ -328,7 +382,7 @@ def test_stages_accuracy_matrix(tmp_path, tiny_model, tiny_data):
 
 
 def test_distill_into_a_smaller_student(tmp_path, tiny_model, tiny_data):
-    from retune.distill import distill, layer_indices
+    from retune.recipes.distill import distill, layer_indices
 
     assert layer_indices(30, 3) == [0, 14, 29]
     run_dir, _ = _run(tmp_path, tiny_model, tiny_data, adapter={"type": "full"})

@@ -47,7 +47,7 @@ def running(app):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_model, tiny_data):
     """Two LoRA runs of the tiny model (different seeds) in one folder: the adapter directory."""
-    from retune.run import train
+    from retune.cli import run_train as train
 
     tmp = tmp_path_factory.mktemp("serve")
     out = []
@@ -109,7 +109,7 @@ def test_adapter_output_equals_the_run_generating_alone(client, runs):
 
     from retune.data.templates import Formatter
     from retune.evaluate.scoring import generate
-    from retune.tuned import load_run
+    from retune.session import load_run
 
     cfg, model, tok = load_run(runs[0])
     fmt = Formatter(tok, cfg.data)
@@ -235,7 +235,7 @@ def test_serve_cli_bad_input_is_one_line(tmp_path):
 
 
 def test_chat_keeps_history(runs):
-    from retune.chat import chat_loop
+    from retune.inference.chat import chat_loop
 
     lines = iter(["hello", "a great film", "/reset", "again", "/exit"])
     out: list[str] = []

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-import retune.run as run_mod
+import retune.session as run_mod
 from conftest import tiny_config
 from helpers import losses, write_config
-from retune.run import train
+from retune.cli import run_train as train
 
 
 def _train(tmp_path, tiny_model, tiny_data, name="cfg", resume=None, **sections):

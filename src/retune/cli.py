@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -107,31 +108,49 @@ def train(
             raise UsageError("--nproc inside torchrun / accelerate launch: the launcher already started the processes; drop --nproc")
         _train_processes(config, set_, resume, nproc)
         return
-    from retune.run import train as run_train
-
     with distributed.quiet_off_main():
         run_dir, _ = run_train(config, set_, resume)
     if not os.environ.get("RETUNE_LAUNCHER") and distributed.is_main():  # under --nproc, the parent prints it
         print(run_dir / "summary.json")
 
 
+def run_train(config: str | None, overrides: list[str] | None = None, resume: str | None = None) -> tuple[Path, dict]:
+    """`retune train`: the fine-tune recipe, or the stages recipe when the config has `stages:`.
+    Returns the run directory and its summary."""
+    from retune.config import load_config
+    from retune.recipes import finetune, stages
+    from retune.rundir import RunDir
+
+    if resume:
+        run = RunDir.open(resume, "--resume")
+        cfg = run.config(overrides)
+        if cfg.stages:
+            raise UsageError("--resume does not cover stages: yet; each stage's weights are in RUN/stage-<i>/")
+        done, summary = finetune.run(cfg, run)
+        return done.path, summary
+    if config is None:
+        raise UsageError("give a config file (retune train CONFIG) or --resume RUN_DIR")
+    cfg = load_config(config, overrides)
+    done, summary = stages.run(cfg) if cfg.stages else finetune.run(cfg)
+    return done.path, summary
+
+
 def _train_processes(config: str | None, set_: list[str] | None, resume: str | None, nproc: int) -> None:
     """`retune train --nproc N`: the same command in N processes under torchrun; one line if one fails."""
-    from pathlib import Path
 
     from retune.config import load_config
     from retune.io import write_json
-    from retune.run import plan_run_dir
+    from retune.rundir import RunDir, check_output_dir, is_run_dir, plan_path
     from retune.train import distributed
 
     if resume:
-        run_dir = Path(resume)
-        if not (run_dir / "config.yaml").exists():
-            raise UsageError(f"--resume {run_dir}: not a run directory (no config.yaml)")
+        run_dir = RunDir.open(resume, "--resume").path
     elif config is None:
         raise UsageError("give a config file (retune train CONFIG) or --resume RUN_DIR")
     else:
-        run_dir = plan_run_dir(load_config(config, set_))  # bad config: exit 2 before any process starts
+        cfg = load_config(config, set_)  # bad config: exit 2 before any process starts
+        check_output_dir(cfg)
+        run_dir = plan_path(cfg)
     args = ["retune.cli", "train", *([config] if config else []), *[f"--set={s}" for s in set_ or []]]
     args += ["--resume", resume] if resume else []
     try:
@@ -140,7 +159,7 @@ def _train_processes(config: str | None, set_: list[str] | None, resume: str | N
         if e.exit_code == 2:  # bad input: rank 0 has said what
             raise typer.Exit(2) from None
         hint = f"resume with: retune train --resume {run_dir} --nproc {nproc}"
-        if (run_dir / "config.yaml").exists():
+        if is_run_dir(run_dir):
             summary = run_dir / "summary.json"
             old = json.loads(summary.read_text()) if summary.exists() else {"run_dir": str(run_dir)}
             write_json(summary, {**old, "status": f"failed: {e}; {hint}"})
@@ -172,7 +191,7 @@ def validate(config: str, set_: SetOpt = None) -> None:
 def eval_(target: Annotated[str, typer.Argument(help="A run directory, or a config (scores its base model)")], set_: SetOpt = None) -> None:
     """Score a tuned run (or a config's base model) on its task."""
     _quiet_libraries()
-    from retune.tuned import evaluate
+    from retune.inference.tuned import evaluate
 
     print(json.dumps(evaluate(target, set_), indent=2))
 
@@ -186,7 +205,7 @@ def predict(
 ) -> None:
     """Predict on unseen records with a tuned run."""
     _quiet_libraries()
-    from retune.tuned import predict as run_predict
+    from retune.inference.tuned import predict as run_predict
 
     rows = run_predict(run, input, output)
     if output is None:
@@ -204,7 +223,7 @@ def generate(
 ) -> None:
     """Generate a reply to one prompt (greedy unless --temperature > 0)."""
     _quiet_libraries()
-    from retune.tuned import generate_text
+    from retune.inference.tuned import generate_text
 
     print(generate_text(run, prompt, max_new_tokens, temperature))
 
@@ -224,7 +243,7 @@ def distill(
 ) -> None:
     """Distil a fine-tuned teacher into a smaller student; report both scores and sizes."""
     _quiet_libraries()
-    from retune.distill import distill as run_distill
+    from retune.recipes.distill import distill as run_distill
 
     s = run_distill(teacher, out, layers, student, steps, lr, temperature, weight, set_)
     t, st, m = s["teacher"], s["student"], s["metric"]
@@ -352,7 +371,7 @@ def chat(
 ) -> None:
     """Chat in the terminal with a tuned run; the conversation so far is the context of each reply."""
     _quiet_libraries()
-    from retune.chat import chat_loop
+    from retune.inference.chat import chat_loop
 
     chat_loop(run, max_new_tokens=max_new_tokens, temperature=temperature, system=system)
 

@@ -9,6 +9,7 @@ import torch
 from retune.data.batching import collate
 from retune.data.templates import Encoded
 from retune.models.loss import hidden_path, token_nll
+from retune.models.tasks import task_type_of
 
 
 def mean_nll(model: Any, examples: list[Encoded], pad_id: int, batch_size: int, autocast: Any) -> float:
@@ -102,7 +103,7 @@ def generate(
     outs: list[str] = [""] * len(prompts)
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     # a decoder-only model returns prompt + new tokens; an encoder-decoder (T5) only the decoder's output
-    start_new = not getattr(model.config, "is_encoder_decoder", False)
+    start_new = not task_type_of(model).encoder_decoder
     try:
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]

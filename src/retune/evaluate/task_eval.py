@@ -14,7 +14,7 @@ from retune.data.dataset import TaskData
 from retune.data.templates import Encoded, Formatter
 from retune.errors import UsageError
 from retune.evaluate import metrics, scoring
-from retune.models import tasks
+from retune.models.tasks import CAUSAL_LM, task_type_of
 
 
 @dataclass
@@ -25,16 +25,10 @@ class Predictions:
 
 
 def scoring_mode(task: TaskData, ev: EvalConfig, model: Any = None) -> str:
-    """How a task is scored: `classifier` (argmax of a classification head) for seq_cls models; else the
-    task's own `scoring`, else eval.scoring, else `likelihood` for label tasks and `generate` otherwise."""
-    if model is not None and tasks.model_kind(model) == "seq_cls":
-        return "classifier"
-    for choice in (task.scoring, ev.scoring):
-        if choice != "auto":
-            return choice
-    if model is not None and tasks.model_kind(model) == "seq2seq":
-        return "generate"  # label likelihood is implemented for decoder-only models
-    return "likelihood" if task.labels else "generate"
+    """How a task is scored, by the model's task type (a causal LM when no model is given): `classifier`
+    (argmax of a classification head) for seq_cls models; else the task's own `scoring`, else
+    eval.scoring, else the type's default: `likelihood` for a causal LM's label tasks, `generate` otherwise."""
+    return (CAUSAL_LM if model is None else task_type_of(model)).scoring(task, ev)
 
 
 def predict(model: Any, tok: Any, fmt: Formatter, task: TaskData, records: list[dict], ev: EvalConfig, autocast: Any) -> Predictions:
@@ -44,8 +38,7 @@ def predict(model: Any, tok: Any, fmt: Formatter, task: TaskData, records: list[
     if mode == "classifier":
         if not task.labels:
             raise UsageError(f"task {task.name}: a seq_cls model needs labels (data.labels or data.tasks[i].labels)")
-        ids = [tasks.classifier_input(fmt, p) for p in prompts]
-        preds = [task.labels[i] for i in tasks.classify(model, ids, tok.pad_token_id, ev.batch_size, autocast)]
+        preds = task_type_of(model).classify(model, fmt, prompts, task.labels, tok.pad_token_id, ev.batch_size, autocast)
     elif mode == "likelihood":
         if not task.labels:
             raise UsageError(f"task {task.name}: likelihood scoring needs labels (data.labels); use scoring: generate")

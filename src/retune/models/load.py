@@ -89,8 +89,9 @@ def _quantization(adapter: AdapterConfig) -> Any:
 def load_base(cfg: RetuneConfig, path: str | None = None, trainable_full: bool = False, labels: list[str] | None = None) -> Any:
     """The base model (causal LM, classifier or seq2seq by model.task). Frozen weights in bf16 where that
     is fast; fp32 when every weight is trained. `labels`: the classes of a seq_cls head (default: the config's)."""
-    from retune.models import tasks
+    from retune.models.tasks import task_type
 
+    kind = task_type(cfg.model.task)
     path = path or resolve_base(cfg.model.base)
     if cfg.model.dtype == "fp32" or trainable_full:
         dtype = torch.float32  # full fine-tuning keeps fp32 master weights; autocast gives bf16 matmuls
@@ -106,13 +107,9 @@ def load_base(cfg: RetuneConfig, path: str | None = None, trainable_full: bool =
         # kernels need that); torch's CPU kernels take masked GQA directly: 26.8 vs 32.2 ms per layer
         # (forward + backward, SmolLM2 shapes, batch 8 x 256). This is transformers' own switch for it.
         os.environ.setdefault("TRANSFORMERS_SDPA_FORCE_GQA", "1")
-    extra: dict[str, Any] = {}
-    if cfg.model.task == "seq_cls":
-        labels = labels or tasks.config_labels(cfg)
-        # a fresh head (or the saved one of a tuned model) with named classes
-        extra = {"num_labels": len(labels), "id2label": dict(enumerate(labels)), "label2id": {n: i for i, n in enumerate(labels)}}
+    extra = kind.load_kwargs(labels, cfg)  # a seq_cls head's classes
     try:
-        model = tasks.auto_class(cfg.model.task).from_pretrained(
+        model = kind.auto_class().from_pretrained(
             path,
             **extra,
             dtype=dtype,
@@ -199,7 +196,7 @@ def attach_adapter(model: Any, adapter: AdapterConfig, bf16_autocast: bool = Fal
     """Wrap the base with a fresh peft adapter; the base stays frozen."""
     import peft
 
-    from retune.models import tasks
+    from retune.models.tasks import task_type_of
 
     if adapter.quantization != "none" and not bf16_autocast:
         # peft's k-bit preparation casts every non-quantised weight (norms, embeddings) to fp32, for
@@ -208,7 +205,7 @@ def attach_adapter(model: Any, adapter: AdapterConfig, bf16_autocast: bool = Fal
         model = peft.prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     try:
         # SEQ_CLS: peft also trains the classification head in full (modules_to_save)
-        return peft.get_peft_model(model, peft_config(adapter, tasks.PEFT_TASK_TYPES[tasks.model_kind(model)]))
+        return peft.get_peft_model(model, peft_config(adapter, task_type_of(model).peft_task_type))
     except ValueError as e:
         raise UsageError(f"adapter: {str(e).splitlines()[0]} (check adapter.target_modules)") from None
 

@@ -1,4 +1,5 @@
-"""The token loss: causal-LM negative log-likelihood on labelled positions only.
+"""The token loss: token_nll / training_loss dispatch on the model's task type (models/tasks.py); the
+causal-LM negative log-likelihood, on labelled positions only, is here.
 
 Two things make it frugal on a CPU:
 - only positions that carry a label go through the vocabulary projection (with loss on responses
@@ -16,7 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from retune.models import tasks
+from retune.models.tasks import task_type_of
 
 CHUNK = 256  # rows of logits alive at once: at 1024 the chunk's logits and gradients added ~230 MB to the peak (SmolLM2, batch 8 x 256)
 COMPILE_MIN_VOCAB = 8192  # below this the softmax is cheap and compiling costs more than it saves
@@ -124,9 +125,20 @@ def _per_row(values: torch.Tensor, rows: torch.Tensor, batch_size: int) -> torch
 
 
 def token_nll(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-row summed NLL of the labelled tokens, and per-row token counts (no gradient needed)."""
-    if tasks.model_kind(model) != "causal_lm":  # seq_cls / seq2seq: their own batch layout (models/tasks.py)
-        return tasks.token_nll(model, batch)
+    """Per-row summed NLL of the labelled tokens, and per-row token counts (no gradient needed), by the
+    model's task type (seq_cls / seq2seq have their own batch layout: models/tasks.py)."""
+    return task_type_of(model).token_nll(model, batch)
+
+
+def training_loss(model: Any, batch: dict[str, torch.Tensor], scale: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(loss to back-propagate, per-row summed NLL detached), by the model's task type. The loss is
+    sum(token NLL) * scale; `scale` is 1 / (labelled tokens in the optimizer step), optionally times
+    per-row task weights (B,)."""
+    return task_type_of(model).training_loss(model, batch, scale)
+
+
+def causal_token_nll(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """token_nll of a causal LM: only labelled positions go through the head."""
     mask, rows, targets = _positions(batch)
     path = hidden_path(model)
     if path is not None:
@@ -145,18 +157,15 @@ def token_nll(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
     return _per_row(tok_loss, rows, mask.shape[0]), mask.sum(dim=1)
 
 
-def training_loss(model: Any, batch: dict[str, torch.Tensor], scale: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(loss to back-propagate, per-row summed NLL detached). The loss is sum(token NLL) * scale;
-    `scale` is 1 / (labelled tokens in the optimizer step), optionally times per-row task weights (B,)."""
-    if tasks.model_kind(model) != "causal_lm":
-        return tasks.training_loss(model, batch, scale)
+def causal_training_loss(model: Any, batch: dict[str, torch.Tensor], scale: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """training_loss of a causal LM: the fused linear + cross-entropy where the head is a plain Linear."""
     mask, rows, targets = _positions(batch)
     weights = torch.as_tensor(scale, dtype=torch.float32)
     weights = weights[rows] if weights.ndim else weights.expand(rows.shape[0])
     path = hidden_path(model)
     head = path[1] if path else None
     if path is None or not isinstance(head, torch.nn.Linear) or type(head) is not torch.nn.Linear or head.bias is not None:
-        nll, _ = token_nll(model, batch)  # generic path: adapters on the head, prompt learning, ...
+        nll, _ = causal_token_nll(model, batch)  # generic path: adapters on the head, prompt learning, ...
         row_w = torch.as_tensor(scale, dtype=torch.float32)
         return (nll * row_w).sum(), nll.detach()
     backbone = path[0]

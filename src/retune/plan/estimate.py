@@ -145,7 +145,7 @@ def layer_activation_bytes(
         # everything fp32 (the seed's GPU runs). Frozen linears save no input (no weight gradient).
         full_ft = method == "full"
         mlp_t = (3 if s.gated else 1) * i  # gated: gate out, activation out, up out; else the activation input
-        per_tok = 4 * (2 * h + 3 * a + mlp_t)  # norm inputs, q/k/v for the attention matmuls, MLP tensors
+        per_tok: float = 4 * (2 * h + 3 * a + mlp_t)  # norm inputs, q/k/v for the attention matmuls, MLP tensors
         if full_ft:
             per_tok += 4 * (2 * h + 2 * h + a + i)  # normalised values, linear inputs (norm outputs, context, MLP product)
         if dropout:  # model dropout: masks + outputs after attention, after the MLP, inside the MLP
@@ -216,7 +216,7 @@ def estimate(cfg: RetuneConfig, shape: Shape | None = None, batch: Batch | None 
 
     # weights
     if method == "full":
-        weights = 4 * P if r.autocast or r.act_bytes == 4 else 2 * P
+        weights: float = 4 * P if r.autocast or r.act_bytes == 4 else 2 * P
         trainable = P
     elif method == "qlora" or int8:
         q = NF4_BYTES if method == "qlora" else 1.0 + 4 / 64  # int8 codes + row scales (approximate)
@@ -289,7 +289,7 @@ def estimate(cfg: RetuneConfig, shape: Shape | None = None, batch: Batch | None 
     # loading: transformers reads the checkpoint through mmap; a dtype conversion holds both copies
     load = r.runtime_mb * MB + weights + max(loading, ckpt if method != "lora" else 0)
     phases = {"load": load / MB, "eval": evaluation / MB, "train": train / MB}
-    phase = max(phases, key=phases.get)
+    phase = max(phases, key=lambda name: phases[name])
     parts = {
         "runtime": r.runtime_mb + compile_mb,
         "loading": loading / MB,

@@ -49,18 +49,16 @@ def model_shape(cfg: RetuneConfig, path: str | None = None) -> Shape:
 
 
 def shape_from_config(config: Any, kind: str = "causal_lm", adapter: Any = None, tie_head: bool | None = None) -> Shape:
-    """`tie_head`: whether the output head shares the input embeddings, when the config object cannot
-    say (transformers 5 forces tie_word_embeddings=True on mT5 configs whatever config.json says)."""
+    """`kind`: the model.task. `tie_head`: whether the output head shares the input embeddings, when the config
+    object cannot say (transformers 5 forces tie_word_embeddings=True on mT5 configs whatever config.json says)."""
     import torch
     from accelerate import init_empty_weights
 
-    from retune.models import tasks
+    from retune.models.tasks import task_type
 
     c = config.get_text_config() if hasattr(config, "get_text_config") else config
     with init_empty_weights():
-        if kind == "seq_cls":
-            config.num_labels = max(getattr(config, "num_labels", 2), 2)
-        model = tasks.auto_class(kind).from_config(config)
+        model = task_type(kind).from_config(config)
         head = model.get_output_embeddings()
         # from_config on meta leaves tied weights as separate tensors: count each tie once (the
         # output head only when the config ties it)
@@ -138,7 +136,8 @@ def batch_shape(cfg: RetuneConfig) -> Batch:
     from retune.data.batching import batch_indices
     from retune.models.load import load_tokenizer
     from retune.models.resolve import resolve_base
-    from retune.run import prepare_data
+    from retune.models.tasks import task_type
+    from retune.session.prepare import prepare_data
     from retune.train.optim import total_steps
 
     try:
@@ -146,6 +145,7 @@ def batch_shape(cfg: RetuneConfig) -> Batch:
     except Exception:  # no tokenizer here (hub id offline): the worst case stands, marked "assumed"
         return worst
     prep = prepare_data(cfg, tok=tok)  # bad data is bad input, as in `retune train`
+    kind = task_type(cfg.model.task)
     steps = total_steps(t, len(prep.epoch_examples(0)))
     best, taken, epoch = None, 0, 0
     while taken < steps and epoch < 3:
@@ -153,12 +153,11 @@ def batch_shape(cfg: RetuneConfig) -> Batch:
         for batch in batch_indices([len(e.input_ids) for e in pool], t.batch_size * t.grad_accum, t.seed, epoch):
             for s in range(0, len(batch), t.batch_size):
                 micro = [pool[i] for i in batch[s : s + t.batch_size]]
-                width = max(len(e.input_ids) for e in micro)
+                seq_len, enc_len = kind.batch_lengths(micro)
                 labelled = sum(sum(1 for y in e.labels[1:] if y != -100) for e in micro)
-                dec = max(len(e.labels) for e in micro) if cfg.model.task == "seq2seq" else width
-                key = len(micro) * (dec + width if cfg.model.task == "seq2seq" else width) ** 1.3
+                key = len(micro) * (seq_len + enc_len) ** 1.3
                 if best is None or key > best[0]:
-                    best = (key, Batch(len(micro), dec, labelled, width if cfg.model.task == "seq2seq" else 0, "data"))
+                    best = (key, Batch(len(micro), seq_len, labelled, enc_len, "data"))
             taken += 1
             if taken >= steps:
                 break

@@ -29,7 +29,7 @@ def nbytes(tensors: dict[str, torch.Tensor]) -> int:
 
 @dataclass
 class RetentionContext:
-    """What a method may need when it is built or consolidated (the recipe fills it in).
+    """What a method may need in `prepare` and `end_stage` (the recipe fills it in).
 
     anchor_data: examples of what must be kept (the previous stage's task, or the `retain:` tasks),
     already encoded; EWC's Fisher, SI's warm-up path and distillation on retention prompts use it.
@@ -39,19 +39,3 @@ class RetentionContext:
     autocast: Callable[[], Any] = nullcontext
     anchor_data: list[Encoded] = field(default_factory=list)
     log: Callable[[dict], None] = lambda row: None
-
-
-def all_reduce_sum(tensors: list[torch.Tensor]) -> None:
-    """Sum per-process statistics (EWC Fisher, SI path integral) over data-parallel workers.
-
-    The one call site for distributed training: a no-op without a process group."""
-    try:
-        from retune.train import distributed  # issue 7; absent until it lands
-    except ImportError:
-        distributed = None
-    if distributed is not None and hasattr(distributed, "all_reduce_sum"):
-        distributed.all_reduce_sum(tensors)
-        return
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        for t in tensors:
-            torch.distributed.all_reduce(t)

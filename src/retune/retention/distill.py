@@ -69,15 +69,27 @@ class Distillation(Regularizer):
         self.data: list[Encoded] = []
         self.pad_id = 0
         self.cursor = 0  # next retention example (checkpointed: resume sees the same batches)
-        self.teacher: Any = teacher  # None: the base (adapters off, or a frozen copy made in setup)
+        self.teacher: Any = teacher  # None: the base (adapters off, or a frozen copy made in prepare)
         self.positions = positions  # on new batches: all non-pad positions, or the response only
 
-    def setup(self, model: Any, ctx: RetentionContext) -> None:
+    @classmethod
+    def from_config(cls, cfg: Any) -> Distillation:
+        return cls(cfg.weight, cfg.temperature, tuple(cfg.prompts), cfg.batch_size, cfg.samples)
+
+    def prepare(self, model: Any, ctx: RetentionContext) -> None:
+        """The retention prompts (ctx.anchor_data), and the teacher."""
         self.pad_id = ctx.pad_id
-        self.data = ctx.anchor_data[: self.samples] if self.samples else list(ctx.anchor_data)
+        self.data = self._first(ctx.anchor_data)
         if self.teacher is None and not is_peft(model):
             # full fine-tuning: a frozen copy of the starting weights is the teacher
             self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
+
+    def end_stage(self, model: Any, ctx: RetentionContext) -> None:
+        """The finished stage's examples join the retention prompts (the teacher stays the base)."""
+        self.data = self.data + self._first(ctx.anchor_data)
+
+    def _first(self, examples: list[Encoded]) -> list[Encoded]:
+        return list(examples[: self.samples] if self.samples else examples)
 
     @staticmethod
     def memory_bytes(model: Any) -> int:

@@ -19,7 +19,8 @@ from retune.data.batching import collate
 from retune.data.templates import Encoded
 from retune.models.loss import token_nll
 from retune.retention.base import Regularizer
-from retune.retention.common import RetentionContext, all_reduce_sum, nbytes, snapshot, trainable
+from retune.retention.common import RetentionContext, nbytes, snapshot, trainable
+from retune.train.distributed import all_reduce_sum
 
 
 def diagonal_fisher(model: Any, examples: list[Encoded], pad_id: int, autocast: Any) -> dict[str, torch.Tensor]:
@@ -57,14 +58,26 @@ class EWC(Regularizer):
         self.fisher: dict[str, torch.Tensor] = {}
         self.anchor: dict[str, torch.Tensor] = {}
 
+    @classmethod
+    def from_config(cls, cfg: Any) -> EWC:
+        return cls(cfg.weight, cfg.samples, cfg.gamma, cfg.normalize)
+
     @staticmethod
     def memory_bytes(model: Any) -> int:
         """F and theta*: two fp32 copies of the trainable parameters (reported before training)."""
         return 2 * sum(p.numel() for _, p in trainable(model)) * 4
 
-    def consolidate(self, model: Any, ctx: RetentionContext, examples: list[Encoded] | None = None) -> None:
-        """Estimate F on the old task's samples and anchor at the current weights (online update)."""
-        data = (examples if examples is not None else ctx.anchor_data)[: self.samples]
+    def prepare(self, model: Any, ctx: RetentionContext) -> None:
+        """F of the retained tasks (ctx.anchor_data) at the starting weights."""
+        self.consolidate(model, ctx)
+
+    def end_stage(self, model: Any, ctx: RetentionContext) -> None:
+        """Online EWC: add the finished stage's F and anchor at its end weights."""
+        self.consolidate(model, ctx)
+
+    def consolidate(self, model: Any, ctx: RetentionContext) -> None:
+        """Estimate F on the old task's samples (ctx.anchor_data) and anchor at the current weights (online update)."""
+        data = ctx.anchor_data[: self.samples]
         if not data:
             return
         new = diagonal_fisher(model, data, ctx.pad_id, ctx.autocast)

@@ -2,8 +2,8 @@
 
     Omega(theta) = alpha/2 * ||theta - theta_0||^2   over the trainable parameters (eq. 4)
 
-theta_0 is taken when the method is built (the pretrained weights for full fine-tuning, the
-freshly initialised adapter under LoRA) and moved to each stage's end weights across stages.
+theta_0 is taken in `prepare` (the pretrained weights for full fine-tuning, the freshly initialised
+adapter under LoRA) and moved to each stage's end weights by `end_stage` across stages.
 """
 
 from __future__ import annotations
@@ -23,11 +23,20 @@ class L2SP(Regularizer):
         self.weight = weight
         self.anchor: dict[str, torch.Tensor] = {}
 
+    @classmethod
+    def from_config(cls, cfg: Any) -> L2SP:
+        return cls(cfg.weight)
+
     @staticmethod
     def memory_bytes(model: Any) -> int:
         return sum(p.numel() for _, p in trainable(model)) * 4
 
-    def consolidate(self, model: Any, ctx: RetentionContext | None = None, examples: Any = None) -> None:
+    def prepare(self, model: Any, ctx: RetentionContext | None = None) -> None:
+        """theta_0: the weights training starts from."""
+        self.anchor = snapshot(model)
+
+    def end_stage(self, model: Any, ctx: RetentionContext | None = None) -> None:
+        """Re-anchor at the finished stage's end weights."""
         self.anchor = snapshot(model)
 
     def step_penalty(self, model: Any) -> torch.Tensor | None:

@@ -20,7 +20,6 @@ from typing import Any
 import torch
 
 from retune.data.batching import collate
-from retune.data.templates import Encoded
 from retune.models.loss import token_nll
 from retune.retention.base import Regularizer
 from retune.retention.common import RetentionContext, snapshot, trainable
@@ -48,6 +47,10 @@ class SI(Regularizer):
         self._prev: dict[str, torch.Tensor] = {}
         self._grad: dict[str, torch.Tensor] = {}
 
+    @classmethod
+    def from_config(cls, cfg: Any) -> SI:
+        return cls(cfg.weight, cfg.damping, cfg.warmup_steps, cfg.warmup_lr, normalize=cfg.normalize)
+
     @staticmethod
     def memory_bytes(model: Any) -> int:
         return 6 * sum(p.numel() for _, p in trainable(model)) * 4  # Omega, anchor, omega, start, prev, grad
@@ -72,7 +75,15 @@ class SI(Regularizer):
                 self._prev[n] = now.clone()
         self._grad = {}
 
-    def consolidate(self, model: Any, ctx: RetentionContext | None = None, examples: Any = None) -> None:
+    def prepare(self, model: Any, ctx: RetentionContext) -> None:
+        """Importance of the retained tasks (ctx.anchor_data), from a short path walked and undone."""
+        self.estimate(model, ctx)
+
+    def end_stage(self, model: Any, ctx: RetentionContext) -> None:
+        """The finished stage's path integral becomes importance (eq. 5); the next stage starts its own."""
+        self.consolidate(model)
+
+    def consolidate(self, model: Any) -> None:
         """End of a stage: fold the path integral into Omega and anchor at the current weights."""
         if not self.omega:
             return
@@ -85,9 +96,9 @@ class SI(Regularizer):
         self.scale = 1.0 / max(_mean(self.importance), 1e-30) if self.normalize else 1.0
         self.begin(model)
 
-    def estimate(self, model: Any, ctx: RetentionContext, examples: list[Encoded] | None = None) -> None:
+    def estimate(self, model: Any, ctx: RetentionContext) -> None:
         """Importance of the retention data with no earlier stage: a short SGD path, then undo it."""
-        data = examples if examples is not None else ctx.anchor_data
+        data = ctx.anchor_data
         if not data or self.warmup_steps == 0:
             return
         saved = snapshot(model)

@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from retune.config import RetuneConfig, load_config
+from retune.config import RetuneConfig
 from retune.data.templates import Formatter
 from retune.errors import UsageError
+from retune.rundir import RunDir
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")  # peft module keys cannot hold dots
 
@@ -89,11 +90,10 @@ class Registry:
         run_dir = Path(run_dir)
         if name == self.base_name or name in self.adapters:
             raise Conflict(f"model name '{name}' is already in use")
-        if not (run_dir / "config.yaml").exists():
-            raise UsageError(f"{run_dir} is not a run directory (no config.yaml)")
+        run = RunDir.open(run_dir)
         if not (run_dir / "adapter").exists():
             raise UsageError(f"{run_dir} has no adapter/ (a full fine-tune? serve its model/ folder as --base, or merge it)")
-        cfg = load_config(run_dir / "config.yaml")
+        cfg = run.config()
         if resolve_base(cfg.model.base, materialise=False) != resolve_base(self.base_cfg.model.base, materialise=False):
             raise Conflict(f"{run_dir.name} was trained on base '{cfg.model.base}', but this server's base is '{self.base_cfg.model.base}'")
         with self.lock:

@@ -24,19 +24,17 @@ def parse_adapters(specs: list[str]) -> list[tuple[str, Path]]:
 
 def build_registry(base: str | None, adapters: list[str], adapter_dir: str | None = None) -> Registry:
     """The base (given, or the first adapter run's base) loaded once, with every --adapter on it."""
-    from retune.config import load_config
+    from retune.rundir import RunDir
 
     pairs = parse_adapters(adapters)
-    for _, run in pairs:
-        if not (run / "config.yaml").exists():
-            raise UsageError(f"{run} is not a run directory (no config.yaml)")
+    runs = [RunDir.open(run, "--adapter") for _, run in pairs]
     if adapter_dir is not None and not Path(adapter_dir).is_dir():
         raise UsageError(f"--adapter-dir {adapter_dir} is not a folder")
     base_cfg = None
     if base is None:
         if not pairs:
             raise UsageError("give --base MODEL, or at least one --adapter NAME=RUN_DIR (its base is then served)")
-        base_cfg = load_config(pairs[0][1] / "config.yaml")
+        base_cfg = runs[0].config()
         base = base_cfg.model.base
     registry = Registry(base, base_cfg, adapter_dir)
     for name, run in pairs:

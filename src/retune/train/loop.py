@@ -1,18 +1,20 @@
-"""The training loop. Read it top to bottom: batches -> loss (+ retention penalties) -> step -> log/eval/save.
+"""The training loop. Read `fit` top to bottom: epochs -> global batches -> `_step` -> log / evaluate / save.
 
-Policy (what to train, when to evaluate the task) lives in `retune.run`; this file is mechanism.
+Policy (what to train, when to score the tasks, when to stop for forgetting) lives in the recipes,
+which hear from the loop through `Hooks`; this file is mechanism.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 
 from retune.config import TrainerConfig
 from retune.data.batching import batch_indices, collate
@@ -26,14 +28,47 @@ from retune.train.optim import make_optimizer, make_scheduler, total_steps
 
 
 @dataclass
-class LoopIO:
-    """Where the loop writes, and how it reports."""
+class StepResult:
+    """What one optimizer step measured, summed over processes."""
 
+    loss: float  # the task's token NLL of the step (per labelled token, task-weighted), penalties excluded
+    penalties: dict[str, float]  # {regularizer name: its penalty}, for those that returned a term
+    tokens: int  # non-pad tokens of the global batch
+
+
+def _noop(*args: Any) -> None:
+    return None
+
+
+def _never(*args: Any) -> bool:
+    return False
+
+
+@dataclass
+class Hooks:
+    """What a recipe hears from the loop; every hook defaults to a no-op."""
+
+    log: Callable[[dict], None] = _noop  # every metrics row (the loop calls it on rank 0 only)
+    on_start: Callable[[int, int], None] = _noop  # (total_steps, steps_already_done)
+    on_step: Callable[[LoopState, StepResult], None] = _noop  # after each optimizer step (progress bars)
+    on_eval: Callable[[Any, LoopState], bool] = _never  # after each validation (rank 0's answer is broadcast); True stops
+    on_end: Callable[[], None] = _noop  # once on_start was called: always, also on error / Ctrl-C
+
+
+@dataclass
+class _Run:
+    """What stays fixed through one `fit`: the prepared model and optimizer, and where things go."""
+
+    model: Any  # as the engine wrapped it (DDP, FSDP, DeepSpeed) or the model itself
+    plain: Any  # unwrapped: what regularizers and checkpoints see (no DDP forward of their own)
+    optimizer: Any
+    scheduler: Any
+    accelerator: Any
+    grad_scale: float  # the engines average gradients over processes; retune's loss is a sum
+    cfg: TrainerConfig
+    pad_id: int
+    regularizers: Sequence[Regularizer]
     ckpt_dir: Path
-    log: Callable[[dict], None]
-    progress: Any = None  # rich progress-like: .update(loss=..., step=...)
-    regularizers: list[Regularizer] = field(default_factory=list)  # retention methods: penalties + hooks
-    on_eval: Callable[[Any, LoopState], bool] | None = None  # the recipe's own scoring at each evaluation (retention); True stops
 
 
 def fit(
@@ -43,155 +78,162 @@ def fit(
     cfg: TrainerConfig,
     pad_id: int,
     accelerator: Any,
-    io: LoopIO,
+    ckpt_dir: Path,
+    regularizers: Sequence[Regularizer] = (),
+    hooks: Hooks | None = None,
     resume: bool = False,
 ) -> LoopState:
-    # `train` is a list, or a function epoch -> that epoch's examples (a multi-task mix drawn afresh
-    # each epoch; data/mixing.py). Every epoch has the same size. `val` is a list, or {task: list}
-    # when each task's validation loss is logged too (early stopping follows the pooled loss).
+    """Train for cfg's steps; returns where the loop stopped (with the best weights loaded if asked).
+
+    `train` is a list, or a function epoch -> that epoch's examples (a multi-task mix drawn afresh
+    each epoch; data/mixing.py); every epoch has the same size. `val` is a list, or {task: list} when
+    each task's validation loss is logged too (early stopping follows the pooled loss).
+    """
+    hooks = hooks or Hooks()
+    log = hooks.log if dist.is_main() else _noop  # metrics are written once, by rank 0
     epoch_examples = train if callable(train) else (lambda epoch: train)
     # One optimizer step consumes a global batch of batch_size x grad_accum examples, split into
     # micro-batches: the same examples meet in a step whatever the split (1x8 == 8x1).
     global_batch = cfg.batch_size * cfg.grad_accum
     steps = total_steps(cfg, len(epoch_examples(0)))
-    optimizer = make_optimizer(model, cfg)
-    scheduler = make_scheduler(optimizer, cfg, steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
-    # Data parallelism (docs/distributed.md): the config's global batch is split across processes, so
-    # N processes make the update of one and a checkpoint resumes under any process count.
-    grad_scale = dist.grad_scale(accelerator)  # the engines average gradients; retune's loss is a sum
-    if dist.check_engine(accelerator, cfg):  # DeepSpeed swapped in its own optimizer: schedule that one
-        scheduler = make_scheduler(optimizer, cfg, steps)
-    plain = accelerator.unwrap_model(model)  # what regularizers see: no DDP forward of their own
-
-    def log(row: dict) -> None:  # metrics are written once, by rank 0
-        if dist.is_main():
-            io.log(row)
-
+    run = _prepare(model, cfg, steps, accelerator, pad_id, regularizers, ckpt_dir)
     state = LoopState()
-    ckpt = latest_checkpoint(io.ckpt_dir) if resume else None
+    ckpt = latest_checkpoint(ckpt_dir) if resume else None
     if ckpt is not None:
-        state, extra = load_checkpoint(ckpt, plain, optimizer, scheduler)
-        for reg in io.regularizers:
-            if reg.name in extra:
-                reg.load_state_dict(extra[reg.name])
+        state = _resume(run, ckpt)
         log({"event": "resumed", "step": state.step, "checkpoint": ckpt.name, "processes": dist.world()})
 
-    def checkpoint() -> None:
-        # Rank 0 writes (the weights and loop position are the same everywhere); the barrier keeps
-        # any rank from going on, or reading, before the checkpoint is complete.
-        extra = {reg.name: reg.state_dict() for reg in io.regularizers}
-        if dist.is_main():
-            save_checkpoint(io.ckpt_dir, plain, optimizer, scheduler, state, cfg.keep_checkpoints, extra)
-        dist.barrier()
-
-    if io.progress is not None:
-        io.progress.start(total=steps, done=state.step)
+    hooks.on_start(steps, state.step)
     try:
         while state.step < steps and not state.stopped_early:
             pool = epoch_examples(state.epoch)
             batches = batch_indices([len(e.input_ids) for e in pool], global_batch, cfg.seed, state.epoch)
-            while state.batch_in_epoch < len(batches) and state.step < steps:
-                model.train()
-                batch = batches[state.batch_in_epoch]
-                # Every process sees the same global batch and takes every world-th example of it.
-                mine = dist.shard(batch)
-                micro = [collate([pool[i] for i in mine[s : s + cfg.batch_size]], pad_id) for s in range(0, len(mine), cfg.batch_size)]
-                share = 1.0
-                if not micro:  # fewer examples than processes: join the gradient all-reduce with a zero loss
-                    micro, share = [collate([pool[batch[0]]], pad_id)], 0.0
+            for batch in batches[state.batch_in_epoch :]:
                 t0 = time.perf_counter()
-                # Normalise by the labelled tokens of the whole optimizer step (all processes), so that
-                # 8 micro-batches of 1 give exactly the gradient of one batch of 8, and so do 8 processes.
-                n_target = sum(_labelled(pool[i]) for i in batch)
-                # this process's share of the sums: task loss, each regularizer's batch penalty, and
-                # whether the regularizer returned one
-                sums = torch.zeros(1 + 2 * len(io.regularizers), dtype=torch.float64)
-                for k, mb in enumerate(micro):
-                    # gradients are all-reduced once per step, in the backward of the last micro-batch
-                    sync = k == len(micro) - 1
-                    with contextlib.nullcontext() if sync else accelerator.no_sync(model):
-                        with accelerator.autocast():
-                            # per-task loss weights, when the batch has them, scale each row (B,)
-                            loss, _ = training_loss(model, mb, share * mb["weights"] / n_target if "weights" in mb else share / n_target)
-                            sums[0] += loss.item()
-                            for j, reg in enumerate(io.regularizers):
-                                term = reg.batch_penalty(plain, mb, share / n_target)
-                                if term is not None:
-                                    loss = loss + term
-                                    sums[1 + j] += term.item()
-                                    sums[1 + len(io.regularizers) + j] = 1
-                        accelerator.backward(loss * grad_scale if grad_scale != 1 else loss)
-                dist.all_reduce_(sums)
-                task_loss = float(sums[0])  # the task's token NLL for this step, without penalties
-                penalty_values = {r.name: float(sums[1 + j]) for j, r in enumerate(io.regularizers) if sums[1 + len(io.regularizers) + j]}
-                # A step penalty depends on the weights only, the same on every process: its backward
-                # runs after the synchronised one, outside any all-reduce, so each process adds the
-                # same gradient once.
-                step_terms = [(reg.name, reg.step_penalty(plain)) for reg in io.regularizers]
-                step_terms = [(name, t) for name, t in step_terms if t is not None]
-                if step_terms:
-                    accelerator.backward(sum(t for _, t in step_terms))
-                    for name, t in step_terms:
-                        penalty_values[name] = penalty_values.get(name, 0.0) + t.item()
-                for reg in io.regularizers:
-                    reg.before_step(plain)  # the gradients here are global: already summed over processes
-                if cfg.max_grad_norm:
-                    accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad(set_to_none=True)
-                for reg in io.regularizers:
-                    reg.after_step(plain)
-
+                result = _step(run, [pool[i] for i in batch])
                 state.step += 1
                 state.batch_in_epoch += 1
-                state.tokens += sum(len(pool[i].input_ids) for i in batch)  # the global batch's non-pad tokens
+                state.tokens += result.tokens
                 state.train_seconds += time.perf_counter() - t0
                 if state.step % cfg.log_every == 0 or state.step == 1:
-                    log(
-                        {
-                            "step": state.step,
-                            "epoch": state.epoch,
-                            "loss": task_loss,
-                            "lr": scheduler.get_last_lr()[0],
-                            "tokens": state.tokens,
-                            "tokens_per_s": state.tokens / max(state.train_seconds, 1e-9),
-                            **{f"penalty/{k}": v for k, v in penalty_values.items()},
-                        }
-                    )
-                if io.progress is not None:
-                    io.progress.update(step=state.step, loss=task_loss)
-                last = state.step >= steps
-                if cfg.eval_every and (state.step % cfg.eval_every == 0 or last) and val:
-                    _evaluate(model, val, pad_id, cfg, accelerator, state, io, log)
-                    # the recipe's scoring runs on rank 0 (it holds the base scores); its decision goes to all
-                    if io.on_eval is not None and dist.broadcast_object(dist.is_main() and bool(io.on_eval(plain, state))):
-                        state.stopped_early = True
-                if (cfg.save_every and state.step % cfg.save_every == 0) or last or state.stopped_early:
-                    checkpoint()
-                if state.stopped_early:
+                    log(_train_row(state, result, run.scheduler.get_last_lr()[0]))
+                hooks.on_step(state, result)
+                done = state.step >= steps
+                if val and cfg.eval_every and (state.step % cfg.eval_every == 0 or done):
+                    _validate(run, val, state, hooks.on_eval, log)
+                if done or state.stopped_early or (cfg.save_every and state.step % cfg.save_every == 0):
+                    _checkpoint(run, state)
+                if done or state.stopped_early:
                     break
-            else:
-                state.epoch += 1
-                state.batch_in_epoch = 0
+            if state.batch_in_epoch == len(batches):  # the epoch is through: the next one starts
+                state.epoch, state.batch_in_epoch = state.epoch + 1, 0
     except KeyboardInterrupt:
         # Ctrl-C: keep what is done. The state points at the last completed optimizer step. Under
         # several processes the others may be gone or at another step: the last periodic checkpoint stands.
         if dist.world() == 1:
-            checkpoint()
+            _checkpoint(run, state)
         raise
     finally:
-        if io.progress is not None:
-            io.progress.stop()
-
-    best = io.ckpt_dir / "best.safetensors"
-    if cfg.load_best_at_end and state.best_step is not None and state.best_step != state.step and best.exists():
-        from safetensors.torch import load_file
-
-        load_trainable(plain, load_file(str(best)))
-        log({"event": "loaded_best", "step": state.best_step, "val_loss": state.best_val})
+        hooks.on_end()
+    _load_best(run, state, log)
     return state
+
+
+def _step(run: _Run, examples: list[Encoded]) -> StepResult:
+    """One optimizer step on a global batch: each process takes its share, the gradients are summed
+    over micro-batches and processes, the penalties' hooks run, and the weights move."""
+    run.model.train()
+    # Normalise by the labelled tokens of the whole global batch (all processes), so that 8
+    # micro-batches of 1 give exactly the gradient of one batch of 8, and so do 8 processes.
+    n_target = sum(_labelled(e) for e in examples)
+    mine = dist.shard(examples)  # every process sees the same global batch and takes every world-th example
+    # With fewer examples than processes this one has none; it must still join the gradient all-reduce,
+    # so it runs one example with its loss weighted by zero.
+    idle = not mine
+    scale = 0.0 if idle else 1.0 / n_target
+    local = _accumulate(run, examples[:1] if idle else mine, scale)
+    result = _sum_over_processes(local, [reg.name for reg in run.regularizers])
+    for name, value in _step_penalties(run).items():
+        result.penalties[name] = result.penalties.get(name, 0.0) + value
+    _update(run)
+    result.tokens = sum(len(e.input_ids) for e in examples)
+    return result
+
+
+def _accumulate(run: _Run, mine: list[Encoded], scale: float) -> StepResult:
+    """Forward and backward over this process's micro-batches; returns its share of the step's sums."""
+    size = run.cfg.batch_size
+    micro = [collate(mine[s : s + size], run.pad_id) for s in range(0, len(mine), size)]
+    local = StepResult(loss=0.0, penalties={}, tokens=0)
+    for k, batch in enumerate(micro):
+        # gradients are all-reduced once per step, in the backward of the last micro-batch
+        sync = k == len(micro) - 1
+        with contextlib.nullcontext() if sync else run.accelerator.no_sync(run.model):
+            with run.accelerator.autocast():
+                loss = _micro_loss(run, batch, scale, local)
+            run.accelerator.backward(loss * run.grad_scale if run.grad_scale != 1 else loss)
+    return local
+
+
+def _micro_loss(run: _Run, batch: dict[str, torch.Tensor], scale: float, into: StepResult) -> torch.Tensor:
+    """A micro-batch's task loss (sum of token NLL x scale) plus each regularizer's batch penalty;
+    their values are added to `into`."""
+    # per-task loss weights, when the batch has them, scale each row (B,)
+    loss, _ = training_loss(run.model, batch, batch["weights"] * scale if "weights" in batch else scale)
+    into.loss += loss.item()
+    for reg in run.regularizers:
+        term = reg.batch_penalty(run.plain, batch, scale)
+        if term is not None:
+            loss = loss + term
+            into.penalties[reg.name] = into.penalties.get(reg.name, 0.0) + term.item()
+    return loss
+
+
+def _sum_over_processes(local: StepResult, names: list[str]) -> StepResult:
+    """The step's sums over all processes; a penalty is reported when any process had a term for it."""
+    # one all-reduce of a float64 vector laid out the same on every process:
+    # [task loss, each regularizer's penalty, each regularizer's count of processes with a term]
+    values = [local.penalties.get(n, 0.0) for n in names]
+    had_term = [float(n in local.penalties) for n in names]
+    loss, *rest = dist.all_reduce_(torch.tensor([local.loss, *values, *had_term], dtype=torch.float64)).tolist()
+    summed, counts = rest[: len(names)], rest[len(names) :]
+    return StepResult(loss=loss, penalties={n: v for n, v, c in zip(names, summed, counts, strict=True) if c}, tokens=local.tokens)
+
+
+def _step_penalties(run: _Run) -> dict[str, float]:
+    """Back-propagate the penalties that depend on the weights only (the same on every process).
+
+    Their backward runs after the synchronised one, outside any all-reduce, so each process adds the
+    same gradient once."""
+    terms = {reg.name: term for reg in run.regularizers if (term := reg.step_penalty(run.plain)) is not None}
+    if terms:
+        run.accelerator.backward(sum(terms.values()))
+    return {name: term.item() for name, term in terms.items()}
+
+
+def _update(run: _Run) -> None:
+    """Clip, step the optimizer and the schedule, with the regularizers' hooks on either side."""
+    for reg in run.regularizers:
+        reg.before_step(run.plain)  # the gradients here are global: already summed over processes
+    if run.cfg.max_grad_norm:
+        run.accelerator.clip_grad_norm_(run.model.parameters(), run.cfg.max_grad_norm)
+    run.optimizer.step()
+    run.scheduler.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    for reg in run.regularizers:
+        reg.after_step(run.plain)
+
+
+def _train_row(state: LoopState, result: StepResult, lr: float) -> dict:
+    return {
+        "step": state.step,
+        "epoch": state.epoch,
+        "loss": result.loss,
+        "lr": lr,
+        "tokens": state.tokens,
+        "tokens_per_s": state.tokens / max(state.train_seconds, 1e-9),
+        **{f"penalty/{name}": value for name, value in result.penalties.items()},
+    }
 
 
 def _labelled(e: Encoded) -> int:
@@ -199,42 +241,80 @@ def _labelled(e: Encoded) -> int:
     return sum(1 for y in e.labels[1:] if y != -100)
 
 
-def _evaluate(
-    model: Any,
-    val: list[Encoded] | dict[str, list[Encoded]],
-    pad_id: int,
-    cfg: TrainerConfig,
-    accelerator: Any,
-    state: LoopState,
-    io: LoopIO,
-    log: Callable,
+# ---------------------------------------------------------------- set-up, checkpoints, validation
+
+
+def _prepare(
+    model: Any, cfg: TrainerConfig, steps: int, accelerator: Any, pad_id: int, regularizers: Sequence[Regularizer], ckpt_dir: Path
+) -> _Run:
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg, steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # Data parallelism (docs/distributed.md): the config's global batch is split across processes, so
+    # N processes make the update of one and a checkpoint resumes under any process count.
+    grad_scale = dist.grad_scale(accelerator)
+    if dist.check_engine(accelerator, cfg):  # DeepSpeed swapped in its own optimizer: schedule that one
+        scheduler = make_scheduler(optimizer, cfg, steps)
+    plain = accelerator.unwrap_model(model)
+    return _Run(model, plain, optimizer, scheduler, accelerator, grad_scale, cfg, pad_id, regularizers, ckpt_dir)
+
+
+def _resume(run: _Run, ckpt: Path) -> LoopState:
+    state, extra = load_checkpoint(ckpt, run.plain, run.optimizer, run.scheduler)
+    for reg in run.regularizers:
+        if reg.name in extra:
+            reg.load_state_dict(extra[reg.name])
+    return state
+
+
+def _checkpoint(run: _Run, state: LoopState) -> None:
+    # Rank 0 writes (the weights and loop position are the same everywhere); the barrier keeps any
+    # rank from going on, or reading, before the checkpoint is complete.
+    extra = {reg.name: reg.state_dict() for reg in run.regularizers}
+    if dist.is_main():
+        save_checkpoint(run.ckpt_dir, run.plain, run.optimizer, run.scheduler, state, run.cfg.keep_checkpoints, extra)
+    dist.barrier()
+
+
+def _load_best(run: _Run, state: LoopState, log: Callable[[dict], None]) -> None:
+    best = run.ckpt_dir / "best.safetensors"
+    if run.cfg.load_best_at_end and state.best_step is not None and state.best_step != state.step and best.exists():
+        load_trainable(run.plain, load_file(str(best)))
+        log({"event": "loaded_best", "step": state.best_step, "val_loss": state.best_val})
+
+
+def _validate(
+    run: _Run, val: list[Encoded] | dict[str, list[Encoded]], state: LoopState, on_eval: Callable[[Any, LoopState], bool], log: Callable
 ) -> None:
+    """Validation loss (pooled, and per task when there are several); best weights; early stopping."""
     groups = val if isinstance(val, dict) else {"": val}
-    totals = {name: _nll_sums(model, examples, pad_id, cfg, accelerator) for name, examples in groups.items() if examples}
-    val_loss = float(sum(t[0] for t in totals.values()) / max(float(sum(t[1] for t in totals.values())), 1.0))
-    per_task = {f"val_loss/{name}": float(t[0] / max(float(t[1]), 1.0)) for name, t in totals.items()} if len(totals) > 1 else {}
-    improved = state.best_val is None or val_loss < state.best_val
-    if improved:
+    totals = {name: _nll_sums(run, examples) for name, examples in groups.items() if examples}
+    val_loss = sum(nll for nll, _ in totals.values()) / max(sum(n for _, n in totals.values()), 1.0)
+    per_task = {f"val_loss/{name}": nll / max(n, 1.0) for name, (nll, n) in totals.items()} if len(totals) > 1 else {}
+    if state.best_val is None or val_loss < state.best_val:
         state.best_val, state.best_step, state.bad_evals = val_loss, state.step, 0
         if dist.is_main():
-            save_weights(io.ckpt_dir / "best.safetensors", accelerator.unwrap_model(model))
+            save_weights(run.ckpt_dir / "best.safetensors", run.plain)
     else:
         state.bad_evals += 1
-        if cfg.early_stopping_patience and state.bad_evals >= cfg.early_stopping_patience:
+        if run.cfg.early_stopping_patience and state.bad_evals >= run.cfg.early_stopping_patience:
             state.stopped_early = True
     log({"step": state.step, "val_loss": val_loss, **per_task, "best_val_loss": state.best_val, "early_stop": state.stopped_early})
+    # the recipe's scoring runs on rank 0 (it holds the base scores); its decision goes to all
+    if dist.broadcast_object(dist.is_main() and bool(on_eval(run.plain, state))):
+        state.stopped_early = True
 
 
-def _nll_sums(model: Any, val: list[Encoded], pad_id: int, cfg: TrainerConfig, accelerator: Any) -> torch.Tensor:
+def _nll_sums(run: _Run, val: list[Encoded]) -> tuple[float, float]:
     """(summed token NLL, labelled tokens) of `val` over all processes."""
+    batch_size, autocast = run.cfg.batch_size * 2, run.accelerator.autocast
     # Validation loss is sharded: each process scores its share with the plain model (no DDP
     # forward), then the sums are added. FSDP / ZeRO-3 weights live on all ranks, so there every
     # rank runs every forward, on all the data.
-    if dist.params_sharded(accelerator):
-        return torch.tensor(nll_totals(model, val, pad_id, cfg.batch_size * 2, accelerator.autocast), dtype=torch.float64)
+    if dist.params_sharded(run.accelerator):
+        nll, n = nll_totals(run.model, val, run.pad_id, batch_size, autocast)
+        return float(nll), float(n)
     mine = dist.shard(val)
-    plain = accelerator.unwrap_model(model)
-    part = nll_totals(plain, mine, pad_id, cfg.batch_size * 2, accelerator.autocast) if mine else (0.0, 0)
-    totals = torch.tensor(part, dtype=torch.float64)
-    dist.all_reduce_(totals)
-    return totals
+    part = nll_totals(run.plain, mine, run.pad_id, batch_size, autocast) if mine else (0.0, 0)
+    nll, n = dist.all_reduce_(torch.tensor(part, dtype=torch.float64)).tolist()
+    return nll, n

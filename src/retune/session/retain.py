@@ -2,7 +2,7 @@
 (`retention:` penalties, replay data), watch forgetting at each evaluation, and report it.
 
 Mechanism lives elsewhere: the penalties in retune.retention, the scores in evaluate.forgetting,
-replay in data.replay. run.py and stages.py call this.
+replay in data.replay. The session calls this; every recipe gets the same policy.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ from retune.data.replay import replay_mix, self_replay
 from retune.data.templates import Encoded, Formatter
 from retune.evaluate.forgetting import RetainSet, breaches, forgetting, load_retained, retention_summary, score_retained
 from retune.evaluate.report import console
+from retune.models.tasks import task_type
 from retune.retention import RetentionContext, build, memory_report
 from retune.retention.base import Regularizer
-from retune.train.checkpoint import load_trainable, save_weights
+from retune.train.checkpoint import save_weights
 
 
 @dataclass
@@ -38,7 +39,7 @@ class Retention:
     @classmethod
     def load(cls, cfg: RetuneConfig, tok: Any, fmt: Formatter) -> Retention:
         retain = cfg.retain
-        if cfg.model.task != "causal_lm" and "probe" not in retain.model_fields_set:
+        if not task_type(cfg.model.task).has_lm_head and "probe" not in retain.model_fields_set:
             retain = retain.model_copy(update={"probe": None})  # the NLL probe needs a language-model head
         return cls(cfg, tok, fmt, load_retained(retain, cfg.data, cfg.eval, tok, fmt))
 
@@ -94,14 +95,18 @@ class Retention:
             return train
         buffer = self.replay_buffer(model, autocast)
         seed = self.cfg.trainer.seed
+        mixed: Any
         if callable(train):  # a fresh draw of the buffer each epoch
             source = train
             n = len(source(0))
-            mixed = lambda epoch: replay_mix(source(epoch), buffer, rc.share, seed + epoch)  # noqa: E731
+
+            def mixed(epoch: int) -> list[Encoded]:
+                return replay_mix(source(epoch), buffer, rc.share, seed + epoch)
+
             total = len(mixed(0))
         else:
-            n, out = len(train), replay_mix(train, buffer, rc.share, seed)
-            mixed, total = out, len(out)
+            mixed = replay_mix(train, buffer, rc.share, seed)
+            n, total = len(train), len(mixed)
         console.print(f"replay: {total - n} of {total} training examples ({100 * (total - n) / max(total, 1):.1f}%) are replayed")
         return mixed
 
@@ -121,6 +126,7 @@ class Retention:
         """Score retention at each evaluation; keep the best weights within trainer.max_forgetting;
         True (stop) on a breach."""
         threshold = self.cfg.trainer.max_forgetting
+        self.best_ok, self.breached = None, False  # each fit (each stage) is watched on its own
 
         def hook(model: Any, state: Any) -> bool:
             if not self.rset:
@@ -145,19 +151,17 @@ class Retention:
 
         return hook
 
-    def restore(self, model: Any, ckpt_dir: Path, log: Any) -> bool:
-        """With max_forgetting: end on the best evaluated weights that kept every task within it."""
+    def restore_path(self, ckpt_dir: Path, log: Any) -> Path | None:
+        """With max_forgetting: the best evaluated weights that kept every task within it, when the run
+        must end on them (a breach, or select: retained); None: keep the weights as they are."""
         if self.cfg.trainer.max_forgetting is None or not (self.breached or self.cfg.trainer.select == "retained"):
-            return False
+            return None
         path = ckpt_dir / "retained.safetensors"
         if self.best_ok is None or not path.exists():
             console.print("[yellow]no evaluation stayed within trainer.max_forgetting; keeping the final weights")
-            return False
-        from safetensors.torch import load_file
-
-        load_trainable(model, load_file(str(path)))
+            return None
         log({"event": "loaded_retained", "step": self.best_ok[0], "val_loss": self.best_ok[1]})
-        return True
+        return path
 
     def observe(self, row: dict) -> None:
         """Sees every logged row; remembers the latest validation loss (for selection)."""

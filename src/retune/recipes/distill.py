@@ -17,7 +17,20 @@ from typing import Any
 
 import torch
 
+from retune.config import RetuneConfig
+from retune.data.dataset import load_task
+from retune.data.templates import Formatter
 from retune.errors import UsageError
+from retune.evaluate.report import console
+from retune.evaluate.task_eval import evaluate_task
+from retune.io import replace_dir, staging_dir, write_json
+from retune.models.load import load_base, load_tokenizer
+from retune.models.resolve import resolve_base
+from retune.retention.distill import Distillation
+from retune.rundir import RunDir
+from retune.session import load_run, make_accelerator
+from retune.session.prepare import encode_task
+from retune.train.loop import Hooks, fit
 
 
 def layer_indices(n_layers: int, keep: int) -> list[int]:
@@ -50,6 +63,22 @@ def size_mb(model: Any) -> float:
     return sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
 
 
+def make_student(cfg: RetuneConfig, teacher: Any, tok: Any, layers: int | None, student_model: str | None) -> Any:
+    """The teacher with `layers` of its layers, or another model that shares its tokenizer."""
+    if layers is not None:
+        return shrink(teacher, layers)
+    assert student_model is not None
+    scfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"base": student_model})})
+    spath = resolve_base(student_model)
+    if load_tokenizer(spath, scfg.model).get_vocab() != tok.get_vocab():
+        raise UsageError(f"--student {student_model} does not share the teacher's tokenizer (distillation compares token distributions)")
+    return load_base(scfg, spath, trainable_full=True).requires_grad_(True)
+
+
+def describe(model: Any, scores: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    return {"params": sum(p.numel() for p in model.parameters()), "size_mb": size_mb(model), **extra, **scores}
+
+
 def distill(
     teacher_run: str,
     out: str | None,
@@ -61,76 +90,40 @@ def distill(
     weight: float,
     overrides: list[str] | None = None,
 ) -> dict:
-    from retune.data.dataset import encode_records, load_task
-    from retune.data.templates import Formatter
-    from retune.evaluate.report import console
-    from retune.evaluate.task_eval import evaluate_task
-    from retune.io import write_json
-    from retune.models.load import load_base, load_tokenizer
-    from retune.models.resolve import resolve_base
-    from retune.retention.distill import Distillation
-    from retune.run import make_accelerator
-    from retune.train.loop import LoopIO, fit
-    from retune.tuned import is_run_dir, load_run
-
-    if not is_run_dir(teacher_run):
-        raise UsageError(f"{teacher_run} is not a run directory (no config.yaml): distil from a fine-tuned run")
+    run = RunDir.open(teacher_run, "the teacher")
     if (layers is None) == (student_model is None):
         raise UsageError("give exactly one of --layers N (a smaller copy of the teacher) or --student MODEL")
     t0 = time.perf_counter()
-    cfg, teacher, tok = load_run(Path(teacher_run), overrides)
+    cfg, teacher, tok = load_run(run, overrides)
     if hasattr(teacher, "merge_and_unload"):
         teacher = teacher.merge_and_unload()  # the adapter folded in: a plain model to copy layers from
     teacher.eval().requires_grad_(False)
-    if layers is not None:
-        student = shrink(teacher, layers)
-    else:
-        scfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"base": student_model})})
-        spath = resolve_base(student_model)
-        stok = load_tokenizer(spath, scfg.model)
-        if stok.get_vocab() != tok.get_vocab():
-            raise UsageError(
-                f"--student {student_model} does not share the teacher's tokenizer (distillation compares token distributions)"
-            )
-        student = load_base(scfg, spath, trainable_full=True).requires_grad_(True)
+    student = make_student(cfg, teacher, tok, layers, student_model)
     task = load_task(cfg.data, cfg.eval)
     fmt = Formatter(tok, cfg.data)
-    train = encode_records(fmt, task.template, task.train, f"{task.name} train")
-    val = encode_records(fmt, task.template, task.validation, f"{task.name} validation")
+    train = encode_task(cfg, fmt, task, task.train, f"{task.name} train")
+    val = encode_task(cfg, fmt, task, task.validation, f"{task.name} validation")
     accelerator = make_accelerator(cfg)
-    out_dir = Path(out) if out else Path(teacher_run) / "student"
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = Path(out) if out else run.path / "student"
+    (out_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
     kd = Distillation(weight, temperature, on=("new",), teacher=teacher, positions="response")
-    rows: list[dict] = []
-    io = LoopIO(ckpt_dir=out_dir / "checkpoints", log=rows.append, regularizers=[kd])
-    io.ckpt_dir.mkdir(exist_ok=True)
     tcfg = cfg.trainer.model_copy(update={"max_steps": steps, "lr": lr, "eval_every": None, "save_every": None})
     n_t, n_s = sum(p.numel() for p in teacher.parameters()), sum(p.numel() for p in student.parameters())
     console.print(f"distilling {task.name}: student {n_s:,} parameters from a teacher of {n_t:,}")
-    state = fit(student, train, val, tcfg, tok.pad_token_id, accelerator, io)
+    state = fit(student, train, val, tcfg, tok.pad_token_id, accelerator, out_dir / "checkpoints", [kd], Hooks())
     student = accelerator.unwrap_model(student)
     autocast = accelerator.autocast
-    scores = {
-        "teacher": evaluate_task(teacher, tok, fmt, task, val, cfg.eval, autocast),
-        "student": evaluate_task(student, tok, fmt, task, val, cfg.eval, autocast),
-    }
-    student.save_pretrained(out_dir / "model", safe_serialization=True)
-    tok.save_pretrained(out_dir / "model")
+    teacher_scores = evaluate_task(teacher, tok, fmt, task, val, cfg.eval, autocast)
+    student_scores = evaluate_task(student, tok, fmt, task, val, cfg.eval, autocast)
+    tmp = staging_dir(out_dir / "model")  # written whole or not at all
+    student.save_pretrained(tmp, safe_serialization=True)
+    tok.save_pretrained(tmp)
+    replace_dir(tmp, out_dir / "model")
     summary = {
         "task": task.name,
         "metric": task.metric,
-        "teacher": {
-            "run": teacher_run,
-            "params": sum(p.numel() for p in teacher.parameters()),
-            "size_mb": size_mb(teacher),
-            **scores["teacher"],
-        },
-        "student": {
-            "params": sum(p.numel() for p in student.parameters()),
-            "size_mb": size_mb(student),
-            "layers": student.config.num_hidden_layers,
-            **scores["student"],
-        },
+        "teacher": describe(teacher, teacher_scores, run=teacher_run),
+        "student": describe(student, student_scores, layers=student.config.num_hidden_layers),
         "train": {
             "steps": state.step,
             "tokens": state.tokens,

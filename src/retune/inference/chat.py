@@ -19,13 +19,12 @@ def chat_loop(
     """Read a line, answer it with the whole conversation as context, repeat; returns the history."""
     from retune.data.templates import Formatter
     from retune.evaluate.scoring import generate
-    from retune.run import make_accelerator
-    from retune.tuned import load_target
+    from retune.inference.tuned import load_target
+    from retune.session import make_accelerator
 
     cfg, model, tok = load_target(target)  # a run directory, or a base model to chat with
     fmt = Formatter(tok, cfg.data)
     autocast = make_accelerator(cfg).autocast
-    kwargs = {"do_sample": True, "temperature": temperature} if temperature > 0 else {}
     start = [{"role": "system", "content": system}] if system else []
     history = list(start)
     write(HELP)
@@ -49,7 +48,7 @@ def chat_loop(
         while len(tok(prompt).input_ids) + max_new_tokens > context and len(history) > len(start) + 1:
             del history[len(start) : len(start) + 2]  # forget the oldest exchange, keep the system prompt
             prompt = _prompt(fmt, history)
-        reply = generate(model, tok, [prompt], max_new_tokens, 1, autocast, add_special_tokens=not fmt.chat, **kwargs)[0]
+        reply = generate(model, tok, [prompt], max_new_tokens, 1, autocast, add_special_tokens=not fmt.chat, temperature=temperature)[0]
         history.append({"role": "assistant", "content": reply})
         write(f"assistant> {reply}")
 

@@ -1,0 +1,1 @@
+"""Using a model after (or without) training: re-score, predict, generate, chat."""

@@ -1,0 +1,346 @@
+"""The session layer: what every recipe (fine-tune, stages, distill, ...) does the same way.
+
+A Session holds one run: torch and process-group set-up, the run directory, the Accelerator, the
+metrics sink and trackers, the retention policy, base and tuned scoring, the loop with its hooks,
+saving the model and summary.json. A recipe is a short sequence over it:
+
+    s = Session.begin(cfg)                 # threads, seed, process group, the base model's path
+    prep = s.prepare()                     # data + retained sets: bad input fails here, before any folder
+    model = s.load_model(labels)
+    s.open_run()                           # run directory (rank 0 makes it), accelerator, trackers
+    base = s.score_base(model, prep)
+    model = s.attach(model)                # adapter (or full fine-tuning)
+    model, state = s.fit(model, train, val, ckpt_dir, regularizers)
+    final = s.score(model, prep, "tuned model"); s.save_model(model); s.finish(summary)
+
+It imports nothing above train/ (recipes and the CLI sit on top of it).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from retune import allocator
+from retune.config import RetuneConfig, TaskConfig
+from retune.errors import UsageError
+from retune.evaluate.report import LiveProgress, console, plot_loss
+from retune.evaluate.task_eval import evaluate_task, scoring_mode
+from retune.io import append_jsonl, replace_dir, staging_dir
+from retune.models import loss as loss_mod
+from retune.models.load import compute_dtype, count_params, load_base, load_tokenizer, prepare_for_training
+from retune.models.resolve import resolve_base
+from retune.retention import RetentionContext
+from retune.retention.base import Regularizer
+from retune.rundir import RunDir, check_output_dir
+from retune.session.prepare import Prepared, prepare_data
+from retune.session.retain import Retention
+from retune.train import distributed as dist
+from retune.train.checkpoint import LoopState, load_trainable
+from retune.train.loop import Hooks, fit
+
+Scores = dict[str, dict[str, Any]]
+
+
+def setup_torch(cfg: RetuneConfig) -> None:
+    threads = cfg.trainer.threads or max(1, len(os.sched_getaffinity(0)) // dist.local_world())  # processes share the cores
+    torch.set_num_threads(threads)
+
+
+def make_accelerator(cfg: RetuneConfig, run_dir: Path | None = None) -> Any:
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    mp = "bf16" if compute_dtype(cfg.trainer.precision) == torch.bfloat16 else "no"
+    log_with = None if cfg.trainer.logger == "none" else cfg.trainer.logger
+    if log_with == "mlflow":
+        import importlib.util
+
+        if importlib.util.find_spec("mlflow") is None:
+            raise UsageError("trainer.logger=mlflow needs the mlflow package: pip install mlflow (or use tensorboard)")
+    # Accelerate keeps its precision in a process-wide singleton; one process may build several
+    # accelerators (train then eval, or many runs in a test session), each with its own precision.
+    # The process-group half (PartialState) is kept, so this is safe under torchrun.
+    AcceleratorState._reset_state()
+    return Accelerator(mixed_precision=mp, log_with=log_with, project_dir=str(run_dir) if run_dir else None)
+
+
+def tracker_config(d: Any, prefix: str = "") -> dict[str, Any]:
+    """The config as flat scalar hyper-parameters (`trainer.lr`, `stages.0.task.train`): trackers take
+    int, float, str and bool only."""
+    if isinstance(d, dict | list):
+        items = d.items() if isinstance(d, dict) else enumerate(d)
+        return {k: v for key, value in items for k, v in tracker_config(value, f"{prefix}{key}.").items()}
+    return {prefix[:-1]: d if isinstance(d, int | float | str | bool) else str(d)}
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+@dataclass
+class Session:
+    cfg: RetuneConfig
+    model_path: str
+    resumed: RunDir | None = None
+    run: RunDir | None = None
+    accelerator: Any = None
+    prep: Prepared | None = None
+    policy: Retention | None = None  # set by prepare(): the retain: sets are loaded with the data
+    t_start: float = field(default_factory=time.perf_counter)
+
+    # ---------------------------------------------------------------- set-up
+
+    @classmethod
+    def begin(cls, cfg: RetuneConfig, resumed: RunDir | None = None) -> Session:
+        """Join the process group (under torchrun), set threads and seed, resolve the base model
+        (rank 0 fills the caches first). Nothing is written yet."""
+        from transformers import set_seed
+
+        check_output_dir(cfg)
+        dist.init()
+        setup_torch(cfg)
+        set_seed(cfg.trainer.seed)
+        return cls(cfg, dist.main_first(lambda: resolve_base(cfg.model.base)), resumed)
+
+    def prepare(self, task_configs: list[TaskConfig] | None = None) -> Prepared:
+        """Tokenizer, tasks and retained sets: every bad input in data or templates fails here,
+        before the run directory exists, so a rejected config leaves nothing behind."""
+        tok = load_tokenizer(self.model_path, self.cfg.model)
+        self.prep = dist.main_first(lambda: prepare_data(self.cfg, tok, task_configs))
+        self.policy = Retention.load(self.cfg, tok, self.prep.fmt)
+        return self.prep
+
+    def load_model(self, labels: list[str] | None = None) -> Any:
+        return load_base(self.cfg, self.model_path, trainable_full=self.full, labels=labels)
+
+    @property
+    def full(self) -> bool:
+        return self.cfg.adapter.type == "full"
+
+    def open_run(self) -> RunDir:
+        """The run directory (rank 0 creates it, every rank agrees on it), the Accelerator, trackers."""
+        self.run = self.resumed or dist.agree(lambda: RunDir.create(self.cfg))
+        console.print(f"run directory: {self.run.path}")
+        self.accelerator = make_accelerator(self.cfg, self.run.path)
+        if self.cfg.trainer.logger != "none":
+            self.accelerator.init_trackers(self.run.path.name, config=tracker_config(self.cfg.model_dump(mode="json")))
+        return self.run
+
+    @property
+    def autocast(self) -> Any:
+        return self.accelerator.autocast
+
+    @property
+    def retention(self) -> Retention:
+        assert self.policy is not None, "prepare() first"
+        return self.policy
+
+    @property
+    def tok(self) -> Any:
+        assert self.prep is not None, "prepare() first"
+        return self.prep.tok
+
+    # ---------------------------------------------------------------- metrics
+
+    def log(self, row: dict) -> None:
+        """One metrics row: metrics.jsonl (rank 0), the retention watcher, and the trackers."""
+        if not dist.is_main() or self.run is None:
+            return
+        append_jsonl(self.run.metrics_path, {"time": round(time.time(), 3), **row})
+        if self.policy is not None:
+            self.policy.observe(row)
+        numeric = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
+        if self.cfg.trainer.logger != "none" and numeric:
+            self.accelerator.log(numeric, step=row.get("step"))
+
+    # ---------------------------------------------------------------- scoring
+
+    def score(self, model: Any, stage: str) -> Scores:
+        """{task: {metric: value, val_loss, ...}} for every task (rank 0 scores; the others get {})."""
+        prep = self.prep
+        assert prep is not None
+        if not dist.is_main():
+            return {}
+        out = {}
+        for task, val in zip(prep.tasks, prep.task_val, strict=True):
+            mode = scoring_mode(task, self.cfg.eval, model)
+            console.print(f"scoring the {stage} on {task.name} ({len(task.test)} test examples, {task.metric}, {mode} scoring)")
+            t0 = time.perf_counter()
+            out[task.name] = evaluate_task(model, prep.tok, prep.fmt, task, val, self.cfg.eval, self.autocast)
+            self.log(
+                {
+                    "event": "task_eval",
+                    "stage": stage,
+                    "task": task.name,
+                    "seconds": round(time.perf_counter() - t0, 1),
+                    "scores": out[task.name],
+                }
+            )
+        return out
+
+    def score_base(self, model: Any) -> Scores:
+        """The base model on every task and on what it must retain, before any adapter is attached
+        (prefix/prompt tuning are not identity at init). Kept in the run directory, so a resumed run
+        does not score it again."""
+        assert self.run is not None
+        base = self.run.read_json("base_scores.json")
+        if base is None and self.cfg.eval.before and dist.is_main():  # the other processes wait at the barrier
+            base = self.score(model, "base model")
+            self.run.write_json("base_scores.json", base)
+        retained = self.run.read_json("base_retention.json")
+        if retained is not None:
+            self.retention.base = retained
+        elif self.retention.rset and dist.is_main():
+            self.run.write_json("base_retention.json", self.retention.score_base(model, self.autocast))
+        dist.barrier()
+        return base or {}
+
+    def score_retained(self, model: Any) -> Scores:
+        """summary.json `retention`: each retained task's base, final and change (rank 0)."""
+        if not (self.retention.rset and dist.is_main()):
+            return {}
+        return self.retention.summary(self.retention.score(model, self.autocast))
+
+    # ---------------------------------------------------------------- training
+
+    def attach(self, model: Any) -> Any:
+        """The adapter (or full fine-tuning), seeded the same whether or not the base was scored."""
+        from transformers import set_seed
+
+        set_seed(self.cfg.trainer.seed)
+        model = prepare_for_training(model, self.cfg, bf16_autocast=self.accelerator.mixed_precision == "bf16")
+        loss_mod.USE_COMPILE = self.cfg.trainer.compile
+        trainable, total = count_params(model)
+        console.print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+        return model
+
+    def regularizers(self, model: Any) -> list[Regularizer]:
+        """The retention penalties, built after the adapter is attached (the trainable set is known)."""
+        return self.retention.regularizers(model, self.tok.pad_token_id, self.autocast, self.log)
+
+    def retention_context(self, anchor: list[Any]) -> RetentionContext:
+        return RetentionContext(pad_id=self.tok.pad_token_id, autocast=self.autocast, anchor_data=anchor, log=self.log)
+
+    def fit(
+        self,
+        model: Any,
+        train: Any,
+        val: Any,
+        ckpt_dir: Path,
+        regularizers: list[Regularizer],
+        trainer: Any = None,
+        resume: bool = False,
+        stage: int | None = None,
+        label: str = "training",
+    ) -> tuple[Any, LoopState]:
+        """Train with the session's hooks (metrics, progress, the retention gate at each evaluation),
+        then end on the weights the config selects (best validation loss, or the best within
+        max_forgetting); every rank ends with the same weights."""
+        tcfg = trainer or self.cfg.trainer
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        log = self.log if stage is None else (lambda row: self.log({"stage": stage, **row}))
+        progress = LiveProgress(label) if dist.is_main() else None
+        hooks = Hooks(log=log)
+        if progress is not None:
+            hooks.on_start = lambda total, done: progress.start(total=total, done=done)
+            hooks.on_step = lambda state, result: progress.update(step=state.step, loss=result.loss)
+            hooks.on_end = progress.stop
+        if tcfg.eval_every:
+            hooks.on_eval = self.retention.eval_hook(ckpt_dir, self.autocast, log)
+        state = fit(model, train, val, tcfg, self.tok.pad_token_id, self.accelerator, ckpt_dir, regularizers, hooks, resume=resume)
+        model = self.accelerator.unwrap_model(model)
+        chosen = dist.broadcast_object(self.retention.restore_path(ckpt_dir, log) if dist.is_main() else None)
+        if chosen is not None:
+            from safetensors.torch import load_file
+
+            load_trainable(model, load_file(str(chosen)))
+        return model, state
+
+    # ---------------------------------------------------------------- results
+
+    def save_model(self, model: Any) -> None:
+        """adapter/ (peft format) or model/ (HF format, fp32 master weights), plus tokenizer/, atomically."""
+        assert self.run is not None
+        if not (self.cfg.output.save_model and dist.is_main()):
+            return
+        name = "model" if self.full else "adapter"
+        tmp = staging_dir(self.run.path / name)
+        model.save_pretrained(tmp, safe_serialization=True)
+        if self.full:
+            self.tok.save_pretrained(tmp)  # a full model folder loads with plain transformers on its own
+        replace_dir(tmp, self.run.path / name)
+        tmp = staging_dir(self.run.path / "tokenizer")
+        self.tok.save_pretrained(tmp)
+        replace_dir(tmp, self.run.path / "tokenizer")
+
+    def train_stats(self, states: list[LoopState], model: Any) -> dict[str, Any]:
+        trainable, total = count_params(model)
+        last = states[-1]
+        tokens, seconds = sum(s.tokens for s in states), sum(s.train_seconds for s in states)
+        return {
+            "steps": sum(s.step for s in states),
+            "epochs_started": last.epoch + (1 if last.batch_in_epoch else 0),
+            "tokens": tokens,
+            "tokens_per_second": tokens / max(seconds, 1e-9),
+            "train_seconds": seconds,
+            "wall_seconds": time.perf_counter() - self.t_start,
+            "peak_memory_mb": peak_rss_mb(),
+            "allocator": allocator.active(),
+            "trainable_params": trainable,
+            "total_params": total,
+            "best_step": last.best_step,
+            "best_val_loss": last.best_val,
+            "stopped_early": last.stopped_early,
+        }
+
+    def task_info(self, model: Any) -> dict[str, dict[str, Any]]:
+        """Per task: metric, scoring, sizes, and its declared share of the mix (None: evaluation only)."""
+        prep = self.prep
+        assert prep is not None
+        share = dict(zip(prep.trained, prep.mix.shares, strict=True))
+        count = dict(zip(prep.trained, prep.mix.counts, strict=True))
+        return {
+            t.name: {
+                "metric": t.metric,
+                "scoring": scoring_mode(t, self.cfg.eval, model),
+                "train_examples": len(prep.task_train[i]),
+                "per_epoch": count.get(i, 0),
+                "share": share.get(i),
+                "loss_weight": t.loss_weight,
+                "n_test": len(t.test),
+            }
+            for i, t in enumerate(prep.tasks)
+        }
+
+    def write_summary(self, summary: dict[str, Any]) -> None:
+        assert self.run is not None
+        if dist.is_main():
+            self.run.write_json("summary.json", summary)
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        """summary.json, loss.png, trackers closed."""
+        assert self.run is not None
+        self.write_summary(summary)
+        if dist.is_main() and self.run.metrics_path.exists():
+            plot_loss(self.run.metrics_path, self.run.path / "loss.png")
+        if self.cfg.trainer.logger != "none":
+            self.accelerator.end_training()
+
+
+def load_run(run: RunDir | str | Path, overrides: list[str] | None = None) -> tuple[RetuneConfig, Any, Any]:
+    """(config, tuned model, tokenizer) of a finished run directory."""
+    from retune.models.load import load_trained
+
+    run = run if isinstance(run, RunDir) else RunDir.open(run)
+    cfg = run.config(overrides)
+    setup_torch(cfg)
+    model = load_trained(run.path, cfg)
+    tok_dir = run.path / "tokenizer" if (run.path / "tokenizer").exists() else resolve_base(cfg.model.base)
+    return cfg, model, load_tokenizer(str(tok_dir), cfg.model)

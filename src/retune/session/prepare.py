@@ -1,0 +1,86 @@
+"""A run's data, encoded for its model: every task's training and validation examples, and the mix.
+
+The task type (models/tasks.py) encodes each record, so causal LMs, classifiers and seq2seq models
+go through the same path; every example carries its task's loss weight.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from retune.config import RetuneConfig, TaskConfig
+from retune.data import mixing
+from retune.data.dataset import TaskData, load_task_config, load_tasks
+from retune.data.templates import Encoded, Formatter
+from retune.evaluate.report import console
+from retune.models.tasks import task_type
+
+
+@dataclass
+class Prepared:
+    """Every task's encoded examples and the training mix. `epoch_examples(epoch)` draws each epoch
+    afresh (what the loop consumes)."""
+
+    cfg: RetuneConfig
+    tok: Any
+    fmt: Formatter
+    tasks: list[TaskData]
+    task_train: list[list[Encoded]]  # per task; empty for evaluation-only tasks
+    task_val: list[list[Encoded]]  # per task: validation loss of each task
+    mix: mixing.MixPlan  # counts over the trained tasks (those with training examples)
+
+    @property
+    def trained(self) -> list[int]:
+        return [i for i, t in enumerate(self.task_train) if t]
+
+    @property
+    def val_by_task(self) -> dict[str, list[Encoded]]:
+        """The loop's validation sets (trained tasks only): each task's loss is logged, and early
+        stopping follows the pooled loss."""
+        return {self.tasks[i].name: self.task_val[i] for i in self.trained}
+
+    def epoch_examples(self, epoch: int) -> list[Encoded]:
+        sets = [self.task_train[i] for i in self.trained]
+        sizes = [len(x) for x in sets]
+        if self.mix.counts == sizes:  # every example once: no draw needed (the loop shuffles)
+            return [e for x in sets for e in x]
+        return [sets[t][j] for t, j in mixing.epoch_indices(sizes, self.mix.counts, self.cfg.trainer.seed, epoch)]
+
+
+def prepare_data(cfg: RetuneConfig, tok: Any, task_configs: list[TaskConfig] | None = None) -> Prepared:
+    """Load and encode the config's tasks (data.tasks or the shorthand), or `task_configs` (the stages)."""
+    if task_configs is None:
+        tasks = load_tasks(cfg.data, cfg.eval)
+    else:
+        tasks = [load_task_config(tc, cfg.data, cfg.eval) for tc in task_configs]
+    task_type(cfg.model.task).check_tasks(tasks)
+    fmt = Formatter(tok, cfg.data)
+    task_train = [encode_task(cfg, fmt, t, t.train, f"{t.name} train") for t in tasks]
+    task_val = [encode_task(cfg, fmt, t, t.validation, f"{t.name} validation") for t in tasks]
+    if fmt.cut_responses:
+        console.print(f"[yellow]warning: {fmt.cut_responses} responses were longer than data.max_length={cfg.data.max_length} and were cut")
+    trained = [i for i, x in enumerate(task_train) if x]
+    d = cfg.data
+    names = [tasks[i].name for i in trained]
+    mix = mixing.plan(
+        [len(task_train[i]) for i in trained],
+        d.mixing,
+        [tasks[i].weight for i in trained],
+        d.mixing_temperature,
+        d.epoch_size,
+        d.oversample,
+        names,
+    )
+    for w in mix.warnings if task_configs is None else []:  # stages train one task at a time: no mix
+        console.print(f"[yellow]warning: data mix: {w}")
+    return Prepared(cfg, tok, fmt, tasks, task_train, task_val, mix)
+
+
+def encode_task(cfg: RetuneConfig, fmt: Formatter, task: TaskData, records: list[dict], where: str) -> list[Encoded]:
+    """Encode one task's records for the model's task type; each example carries the task's loss weight."""
+    kind = task_type(cfg.model.task)
+    out = [kind.encode(fmt, task.template, r, task.labels, f"{where} record {i + 1}") for i, r in enumerate(records)]
+    for e in out:
+        e.weight = task.loss_weight
+    return out
