@@ -107,6 +107,10 @@ def test_validate_ok_and_generate_predict_eval(tmp_path, tiny_model, tiny_data):
     assert all(r["prediction"] in ("positive", "negative") for r in rows)
     result = runner.invoke(app, ["generate", run_dir, "a great film", "--max-new-tokens", "4"])
     assert result.exit_code == 0, result.stderr
+    from retune.inference.tuned import generate_text
+
+    # the command prints the tuned model's greedy continuation: the same text as generating in-process
+    assert result.stdout.rstrip("\n") == generate_text(run_dir, "a great film", max_new_tokens=4)
     result = runner.invoke(app, ["eval", run_dir])
     assert result.exit_code == 0, result.stderr
     assert "accuracy" in json.loads(result.stdout)["train"]

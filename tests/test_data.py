@@ -6,7 +6,7 @@ import pytest
 from conftest import make_reviews, write_jsonl
 from retune.config import DataConfig, EvalConfig, TemplateConfig
 from retune.data.batching import batch_indices, collate
-from retune.data.dataset import load_task
+from retune.data.dataset import load_task, load_task_config
 from retune.data.readers import read_records
 from retune.data.templates import Formatter, check_fields
 from retune.errors import UsageError
@@ -144,6 +144,84 @@ def test_load_tasks_several_and_eval_only(tmp_path):
     )
     assert (qa.name, qa.metric, len(qa.test)) == ("b", "exact_match", 1)  # test = its validation slice
     assert held.train == [] and len(held.test) == 10 and held.validation == held.test and held.stop == ["\n"]
-    dup = DataConfig(tasks=[TaskConfig(train=str(a), template=tpl_a), TaskConfig(train=str(a), template=tpl_a)])
-    with pytest.raises(UsageError, match="two tasks are named 'a'"):
-        load_tasks(dup, EvalConfig())
+    # two tasks that would log under one name are a config error, before any data is read
+    from retune.config import validate
+
+    dup = {"data": {"tasks": [{"train": str(a)}, {"train": str(tmp_path / "other" / "a.jsonl")}]}}
+    with pytest.raises(UsageError) as e:
+        validate(dup)
+    assert str(e.value) == "config: data.tasks[0] and data.tasks[1] are both named 'a'; give them distinct names (data.tasks[1].name)"
+
+
+def _one_task(tmp_path, train, **data):
+    tpl = TemplateConfig(prompt="{text}", response="{label}")
+    return load_task(DataConfig(train=train, template=tpl, **data), EvalConfig())
+
+
+def test_latin1_csv_loads_with_its_encoding(tmp_path):
+    from retune.config import SourceConfig
+
+    rows = [{"text": f"caf\u00e9 cr\u00e8me {i}", "label": "positive"} for i in range(10)]
+    p = tmp_path / "train.csv"
+    pd.DataFrame(rows).to_csv(p, index=False, encoding="latin-1")
+    task = _one_task(tmp_path, SourceConfig(path=str(p), encoding="latin-1"))
+    assert sorted(r["text"] for r in task.train + task.validation) == sorted(r["text"] for r in rows)
+    # read as UTF-8 (the default), it is one line naming the file, the line, the byte and the fix
+    with pytest.raises(UsageError) as e:
+        _one_task(tmp_path, str(p))
+    assert str(e.value) == (
+        f"{p} line 2: not UTF-8 text (byte 0xe9 at column 4); if the file is latin-1, "
+        f"set encoding: latin-1 on the source (data.train: {{path: {p}, encoding: latin-1}})"
+    )
+
+
+def test_utf8_byte_order_mark_is_not_part_of_a_column(tmp_path):
+    p = tmp_path / "excel.csv"
+    p.write_bytes(b"\xef\xbb\xbf" + pd.DataFrame(make_reviews(4)).to_csv(index=False).encode())
+    assert read_records(p) == make_reviews(4)
+
+
+def test_binary_data_files_are_one_line(tmp_path):
+    png = tmp_path / "train.jsonl"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    with pytest.raises(UsageError) as e:
+        _one_task(tmp_path, str(png))
+    assert str(e.value) == f"{png}: binary data, not text: it is a PNG image; point data.train at a JSONL, JSON or CSV file"
+    nul = tmp_path / "nul.jsonl"
+    nul.write_bytes(b'{"text": "a", "label": "positive"}\n{"te\x00xt": 1}\n')
+    with pytest.raises(UsageError) as e:
+        read_records(nul)
+    assert str(e.value) == f"{nul} line 2: binary data, not text (a NUL byte at column 5); point the source at a JSONL, JSON or CSV file"
+    utf16 = tmp_path / "notepad.csv"
+    utf16.write_bytes("text,label\ngreat,positive\n".encode("utf-16"))
+    with pytest.raises(UsageError, match=r"notepad.csv: UTF-16 text .*set encoding: utf-16 on the source \(data.train: \{path: "):
+        _one_task(tmp_path, str(utf16))
+    assert read_records(utf16, encoding="utf-16") == [{"text": "great", "label": "positive"}]
+
+
+def test_source_neither_file_nor_builtin(tmp_path, monkeypatch):
+    from retune.config import validate
+    from retune.data.builtin import BUILTIN_DATASETS
+    from retune.data.dataset import load_tasks
+
+    builtins = ", ".join(BUILTIN_DATASETS)
+    cfg = validate({"data": {"train": "rotten-tomato"}})
+    with pytest.raises(UsageError) as e:
+        load_tasks(cfg.data, cfg.eval)
+    assert str(e.value) == (
+        f"data.train: 'rotten-tomato' is neither a file nor a built-in dataset (did you mean 'rotten-tomatoes'?); built-ins: {builtins}"
+    )
+    # a path is a missing file, with the nearest file of its folder; the key names the task
+    monkeypatch.chdir(tmp_path)
+    write_jsonl(tmp_path / "train.jsonl", make_reviews(4))
+    tpl = {"prompt": "{text}", "response": "{label}"}
+    cfg = validate({"data": {"tasks": [{"train": "train.jsonl", "template": tpl}, {"train": "./trian.jsonl", "template": tpl}]}})
+    with pytest.raises(UsageError) as e:
+        load_tasks(cfg.data, cfg.eval)
+    assert str(e.value) == "data.tasks[1].train: data file not found: ./trian.jsonl (did you mean 'train.jsonl'?)"
+    stage = {"task": {"train": "train.jsonl", "test": "nope.csv", "template": tpl}}
+    cfg = validate({"retain": {"tasks": [{"test": "humanevel"}]}, "stages": [stage]})
+    with pytest.raises(UsageError, match=r"^retain.tasks\[0\].test: 'humanevel' is neither a file nor a built-in dataset \(did you mean"):
+        load_task_config(cfg.retain.tasks[0], cfg.data, cfg.eval)
+    with pytest.raises(UsageError, match=r"^stages\[0\].task.test: data file not found: nope.csv \(check the path"):
+        load_task_config(cfg.stages[0].task.model_copy(update={"name": "x"}), cfg.data, cfg.eval)

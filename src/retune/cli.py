@@ -1,4 +1,4 @@
-"""retune's command line: train | validate | eval | predict | generate | models | merge | serve | chat.
+"""retune's command line: train | validate | keys | eval | predict | generate | models | merge | serve | chat.
 
 Every command turns bad input into one line on stderr and exit code 2 (1 for other failures);
 set RETUNE_DEBUG=1 to see the traceback instead.
@@ -173,17 +173,26 @@ def _train_processes(config: str | None, set_: list[str] | None, resume: str | N
 def validate(config: str, set_: SetOpt = None) -> None:
     """Check a config (keys, types, combinations, data files and columns) without loading a model."""
     from retune.config import load_config
+    from retune.data.dataset import load_task_config, load_tasks
+    from retune.models.resolve import resolve_base
+    from retune.recipes.stages import stage_tasks
 
     cfg = load_config(config, set_)
-    from retune.data.dataset import load_tasks
-    from retune.models.resolve import resolve_base
-
     resolve_base(cfg.model.base, materialise=False)
-    parts = [
-        f"task {t.name}: {len(t.train)} train, {len(t.validation)} validation, {len(t.test)} test; metric {t.metric}"
-        for t in load_tasks(cfg.data, cfg.eval)
-    ]
+    tasks = [load_task_config(t, cfg.data, cfg.eval) for t in stage_tasks(cfg)] if cfg.stages else load_tasks(cfg.data, cfg.eval)
+    for t in cfg.retain.tasks:  # retained tasks' sources are data too: a wrong path fails here, not after training
+        load_task_config(t, cfg.data, cfg.eval)
+    parts = [f"task {t.name}: {len(t.train)} train, {len(t.validation)} validation, {len(t.test)} test; metric {t.metric}" for t in tasks]
     print(f"ok: {config} ({'; '.join(parts)})")
+
+
+@app.command()
+@command
+def keys(prefix: Annotated[str | None, typer.Argument(help="Only keys under this one, e.g. trainer or data.tasks[0]")] = None) -> None:
+    """Every config key with its type, default and documentation, generated from the schema (docs/config.md)."""
+    from retune.config import format_keys
+
+    print(format_keys(prefix), end="")
 
 
 @app.command("eval")

@@ -3,12 +3,16 @@
 A YAML file is loaded, `--set a.b=c` overrides are applied, and the result is checked here before
 any model or data is touched. Unknown keys are errors with a "did you mean" hint.
 
-- sections.py: model, adapter, data (sources, templates, tasks), eval, trainer, output
+- sections.py: model, adapter, eval, trainer, output
+- data.py: data (sources, templates, tasks; the per-task keys declared once in TaskDataConfig)
 - retention.py: retain (what to keep knowing), retention methods, stages
 - schema.py: RetuneConfig (a whole file) and its cross-section checks
 - loading.py: YAML + overrides -> RetuneConfig, one-line error messages
+- keys.py: the key reference generated from the schema (`retune keys`, docs/config.md)
 """
 
+from retune.config.data import DataConfig, SourceConfig, TaskConfig, TaskDataConfig, TemplateConfig
+from retune.config.keys import KeyDoc, describe_keys, format_keys, keys_markdown
 from retune.config.loading import ALIASES, apply_override, load_config, to_yaml, validate
 from retune.config.retention import (
     DistillConfig,
@@ -21,17 +25,7 @@ from retune.config.retention import (
     StageConfig,
 )
 from retune.config.schema import RetuneConfig
-from retune.config.sections import (
-    AdapterConfig,
-    DataConfig,
-    EvalConfig,
-    ModelConfig,
-    OutputConfig,
-    SourceConfig,
-    TaskConfig,
-    TemplateConfig,
-    TrainerConfig,
-)
+from retune.config.sections import AdapterConfig, EvalConfig, ModelConfig, OutputConfig, TrainerConfig
 
 __all__ = [
     "ALIASES",
@@ -40,6 +34,7 @@ __all__ = [
     "DistillConfig",
     "EWCConfig",
     "EvalConfig",
+    "KeyDoc",
     "L2SPConfig",
     "ModelConfig",
     "OutputConfig",
@@ -51,9 +46,13 @@ __all__ = [
     "SourceConfig",
     "StageConfig",
     "TaskConfig",
+    "TaskDataConfig",
     "TemplateConfig",
     "TrainerConfig",
     "apply_override",
+    "describe_keys",
+    "format_keys",
+    "keys_markdown",
     "load_config",
     "to_yaml",
     "validate",

@@ -10,8 +10,8 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from retune.config.data import TASK_SHORTHAND, SourceConfig, TaskConfig, TemplateConfig
 from retune.config.schema import RetuneConfig
-from retune.config.sections import TASK_SHORTHAND, SourceConfig, TaskConfig, TemplateConfig
 from retune.errors import UsageError
 
 
@@ -23,11 +23,17 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not path.is_file():
             raise UsageError(f"config file not found: {path}")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
             mark = getattr(e, "problem_mark", None)
             where = f" line {mark.line + 1}" if mark else ""
             raise UsageError(f"{path}:{where} is not valid YAML ({getattr(e, 'problem', e)})") from None
+        except UnicodeDecodeError as e:
+            raise UsageError(f"{path}: not UTF-8 text (byte 0x{e.object[e.start]:02x}); save the config as UTF-8") from None
+        if raw is None:  # nothing, or only comments: almost always the wrong file or an unsaved editor
+            raise UsageError(
+                f"config file {path} is empty (no keys); start from examples/quickstart.yaml, or write `{{}}` to run on every default"
+            )
         if not isinstance(raw, dict):
             raise UsageError(f"{path}: the top level must be a mapping of sections (model:, adapter:, data:, ...)")
     for item in overrides or []:
@@ -104,7 +110,11 @@ _BRANCH_NAMES = {
 
 
 def _explain(e: ValidationError) -> str:
-    err = e.errors()[0]
+    # A value that fits one branch of a union (data.train: {path: ..., encoding: ...}) also fails the
+    # others ("not a valid string"): report the real problem inside the branch it fits.
+    errors = e.errors()
+    real = [x for x in errors if not (x["type"].endswith("_type") and any(p in _BRANCH_NAMES for p in x["loc"]))]
+    err = (real or errors)[0]
     # union branches show up in the location by type name; a user thinks in keys only
     loc = ".".join(str(p) for p in err["loc"] if p not in _BRANCH_NAMES)
     if err["type"] == "extra_forbidden":
@@ -116,10 +126,13 @@ def _explain(e: ValidationError) -> str:
     elif err["type"] == "literal_error":
         msg = f"config: {loc}: {err['msg'].lower()}, got {err['input']!r}"
     elif err["type"] == "value_error":
-        msg = f"config: {err['msg'].removeprefix('Value error, ')}"
+        text = err["msg"].removeprefix("Value error, ")
+        # a check inside a list item (a task, a stage) does not know where it sits: say it
+        nested = loc and not text.startswith(str(err["loc"][0]))
+        msg = f"config: {loc}: {text}" if nested else f"config: {text}"
     else:
         msg = f"config: {loc}: {err['msg'].lower()} (got {err.get('input')!r})"
-    more = len(e.errors()) - 1
+    more = len(real or errors) - 1
     return msg + (f" [and {more} more problem{'s' * (more > 1)}]" if more else "")
 
 

@@ -7,13 +7,15 @@ from typing import Annotated, Literal
 
 from pydantic import Field
 
-from retune.config.sections import TaskConfig, _Strict
+from retune.config.data import TaskConfig
+from retune.config.sections import _Strict
 
 
 class EWCConfig(_Strict):
     """Elastic Weight Consolidation (Kirkpatrick et al. 2017), online across stages."""
 
     method: Literal["ewc"]
+    """Selects this method: ewc (Elastic Weight Consolidation)."""
     weight: float = Field(100.0, ge=0)
     """lambda of the penalty lambda/2 * sum F (theta - theta*)^2."""
     samples: int = Field(200, ge=1)
@@ -29,6 +31,7 @@ class SIConfig(_Strict):
     """Synaptic Intelligence (Zenke et al. 2017): path-integral importance."""
 
     method: Literal["si"]
+    """Selects this method: si (Synaptic Intelligence)."""
     weight: float = Field(1.0, ge=0)
     """c of the penalty c * sum Omega (theta - theta*)^2."""
     damping: float = Field(1e-3, gt=0)
@@ -36,6 +39,7 @@ class SIConfig(_Strict):
     warmup_steps: int = Field(20, ge=0)
     """With no earlier stage: SGD steps on the retain: data whose path gives the importance (undone after)."""
     warmup_lr: float = Field(1e-4, gt=0)
+    """Learning rate of those warm-up SGD steps."""
     normalize: bool = True
     """Divide Omega by its mean (weight then reads like L2-SP's alpha); false: the paper's raw c."""
 
@@ -44,6 +48,7 @@ class L2SPConfig(_Strict):
     """L2-SP (Li et al. 2018): a pull toward the starting weights."""
 
     method: Literal["l2sp"]
+    """Selects this method: l2sp (L2-SP)."""
     weight: float = Field(0.01, ge=0)
     """alpha of alpha/2 * ||theta - theta_0||^2."""
 
@@ -52,8 +57,11 @@ class DistillConfig(_Strict):
     """KL to the base model's token distributions (under LoRA: the same model, adapters off)."""
 
     method: Literal["distill"]
+    """Selects this method: distill (distillation from the base model)."""
     weight: float = Field(1.0, ge=0)
+    """Multiplies the KL term added to the loss."""
     temperature: float = Field(2.0, gt=0)
+    """Softens both distributions before the KL (Hinton et al. 2015); the term is scaled by T^2."""
     prompts: list[Literal["new", "retain"]] = ["retain"]
     """Where to distil. new: the training batches (every position); retain: a rotating batch of the
     retain: tasks' examples (their response positions). (Not `on`: YAML reads that key as true.)"""
@@ -67,6 +75,7 @@ class ReplayConfig(_Strict):
     """Replay (data, not a penalty): earlier examples mixed into training at a declared share."""
 
     method: Literal["replay"]
+    """Selects this method: replay."""
     share: float = Field(0.1, gt=0, lt=1)
     """Share of the final training mix that is replayed examples."""
     source: Literal["data", "self"] = "data"
@@ -91,6 +100,7 @@ class RetainConfig(_Strict):
     Python help topics shipped with the standard library (pydoc_data); or a .txt / .jsonl (text
     column) file; null: no probe."""
     probe_samples: int = Field(64, ge=1)
+    """Paragraphs of probe text scored."""
     max_eval_samples: int | None = Field(100, ge=1)
     """Default cap on each retained task's test examples (a task's own max_eval_samples wins)."""
 
@@ -99,7 +109,13 @@ class StageConfig(_Strict):
     """One fine-tuning stage of a sequence (`stages:`): its task and optional trainer overrides."""
 
     name: str | None = None
+    """The stage's (and its task's) name in logs, summary.json and the accuracy matrix; the task's own
+    name wins. Default: the built-in dataset's name or the training file's stem."""
     task: TaskConfig
+    """What this stage trains on and is scored by (the keys of a data.tasks entry)."""
     epochs: float | None = Field(None, gt=0)
+    """trainer.epochs for this stage."""
     max_steps: int | None = Field(None, ge=1)
+    """trainer.max_steps for this stage."""
     lr: float | None = Field(None, gt=0)
+    """trainer.lr for this stage."""

@@ -4,17 +4,26 @@ from __future__ import annotations
 
 from pydantic import model_validator
 
+from retune.config.data import DataConfig
 from retune.config.retention import RetainConfig, RetentionMethod, StageConfig
-from retune.config.sections import AdapterConfig, DataConfig, EvalConfig, ModelConfig, OutputConfig, TrainerConfig, _Strict
+from retune.config.sections import AdapterConfig, EvalConfig, ModelConfig, OutputConfig, TrainerConfig, _Strict
 
 
 class RetuneConfig(_Strict):
+    """A whole config file. Every section is optional; an absent key takes its default."""
+
     model: ModelConfig = ModelConfig()
+    """The base model to fine-tune."""
     adapter: AdapterConfig = AdapterConfig()
+    """What is trained: full fine-tuning or an adapter (LoRA, QLoRA, DoRA, IA3, prefix/prompt tuning, any peft method)."""
     data: DataConfig = DataConfig()
+    """The training data: one task (train, template, ...) or several (tasks), and how examples are encoded."""
     eval: EvalConfig = EvalConfig()
+    """How tasks are scored before and after training."""
     trainer: TrainerConfig = TrainerConfig()
+    """The optimisation: steps, batch, learning rate, evaluation, checkpoints, logging."""
     output: OutputConfig = OutputConfig()
+    """Where the run directory is written."""
     retain: RetainConfig = RetainConfig()
     """Tasks and a probe that measure forgetting (summary.json `retention`: base, final, delta)."""
     retention: list[RetentionMethod] = []
@@ -36,4 +45,23 @@ class RetuneConfig(_Strict):
             raise ValueError("retention replay needs data to replay: retain: tasks, or stages:")
         if self.adapter.type in ("prefix_tuning", "prompt_tuning") and self.data.max_length + self.adapter.num_virtual_tokens > 8192:
             raise ValueError("data.max_length + adapter.num_virtual_tokens exceeds 8192 tokens")
+        for i, t in enumerate(self.retain.tasks):
+            t._where = f"retain.tasks[{i}]"
+        self._check_stages()
         return self
+
+    def _check_stages(self) -> None:
+        # A stage's task name is its own name, the stage's, or the train source's stem (a built-in's
+        # name): all known here, so two stages that would log under one name fail before any data is read.
+        seen: dict[str, int] = {}
+        for i, s in enumerate(self.stages):
+            s.task._where = f"stages[{i}].task"
+            if s.task.train is None:
+                raise ValueError(f"stages[{i}].task has no train source; every stage trains (give stages[{i}].task.train)")
+            name = s.task.name or s.name or s.task.resolved_name()
+            if name in seen:
+                j = seen[name]
+                raise ValueError(
+                    f"stages[{j}] and stages[{i}] both train a task named '{name}'; give them distinct names (stages[{i}].name)"
+                )
+            seen[name] = i

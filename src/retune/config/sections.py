@@ -1,17 +1,23 @@
-"""Config sections: model, adapter, data (sources, templates, tasks), eval, trainer, output."""
+"""Config sections: model, adapter, eval, trainer, output (data: config/data.py)."""
 
 from __future__ import annotations
 
+import difflib
+import functools
+import logging
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # the docstring under each field is its documentation (field.description, `retune keys`)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 
 class ModelConfig(_Strict):
+    """The base model: which, what it predicts, and its precision."""
+
     base: str = "smollm2-135m-instruct"
     """A built-in name (`retune models`), a local Hugging Face folder, or a hub id."""
     task: Literal["causal_lm", "seq_cls", "seq2seq"] = "causal_lm"
@@ -27,14 +33,33 @@ class ModelConfig(_Strict):
     revision: str | None = None
     """Hub revision (branch, tag or commit) when `base` is a hub id."""
     trust_remote_code: bool = False
+    """Run the Python code a hub model ships with (its own architecture). Only for models you trust."""
 
 
 # Adapter kinds with first-class options; any other peft method is reached by its peft name
 # (e.g. "loha", "lokr", "adalora", "boft") with its arguments under `options`.
 AdapterType = str
+BUILTIN_ADAPTERS = ("full", "lora", "qlora", "dora", "ia3", "prefix_tuning", "prompt_tuning", "p_tuning")
+
+
+@functools.cache
+def peft_methods() -> tuple[str, ...]:
+    """peft's registered method names, lowercased: the same table models/load.py builds them from."""
+    bnb = logging.getLogger("bitsandbytes")  # peft imports it, and it logs the optional CPU kernels it lacks
+    level = bnb.level
+    bnb.setLevel(logging.ERROR)
+    try:
+        from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+    except ImportError:
+        return ()
+    finally:
+        bnb.setLevel(level)
+    return tuple(sorted(str(getattr(k, "value", k)).lower() for k in PEFT_TYPE_TO_CONFIG_MAPPING))
 
 
 class AdapterConfig(_Strict):
+    """What is trained: the whole model, or an adapter on the frozen (optionally quantised) base."""
+
     type: AdapterType = "lora"
     """full | lora | qlora | dora | ia3 | prefix_tuning | prompt_tuning | any other peft method name."""
     r: int = Field(16, ge=1)
@@ -42,9 +67,11 @@ class AdapterConfig(_Strict):
     alpha: float = Field(32, gt=0)
     """LoRA scaling numerator: the update is scaled by alpha / r."""
     dropout: float = Field(0.05, ge=0, lt=1)
+    """LoRA dropout on the adapter's input."""
     target_modules: list[str] | Literal["all-linear"] = ["q_proj", "v_proj"]
     """Module names to adapt, or "all-linear" for every linear layer but the output head."""
     bias: Literal["none", "all", "lora_only"] = "none"
+    """LoRA: which biases train too. none; all: every bias of the model; lora_only: those of adapted layers."""
     num_virtual_tokens: int = Field(20, ge=1)
     """Prefix / prompt tuning: number of learned virtual tokens."""
     quantization: Literal["none", "nf4", "fp4", "int8"] = "none"
@@ -55,6 +82,22 @@ class AdapterConfig(_Strict):
     """4-bit: dtype the dequantised weights are multiplied in."""
     options: dict[str, Any] = {}
     """Extra keyword arguments passed to the peft config class as they are."""
+
+    @field_validator("type", mode="before")
+    @classmethod
+    def _known_type(cls, v: Any) -> Any:
+        if not isinstance(v, str):
+            return v
+        v = v.strip().lower()
+        if v in BUILTIN_ADAPTERS or v in peft_methods():  # peft (torch) is imported only for other names
+            return v
+        hint = difflib.get_close_matches(v, BUILTIN_ADAPTERS + peft_methods(), n=1)
+        fix = f"did you mean '{hint[0]}'?" if hint else "check the spelling"
+        others = ", ".join(m for m in peft_methods() if m not in BUILTIN_ADAPTERS)
+        raise ValueError(
+            f"adapter.type '{v}' is not an adapter type ({fix}); use one of {', '.join(BUILTIN_ADAPTERS)}"
+            + (f", or another peft method: {others}" if others else "")
+        )
 
     @model_validator(mode="after")
     def _check(self) -> AdapterConfig:
@@ -67,167 +110,13 @@ class AdapterConfig(_Strict):
         return self
 
 
-class SourceConfig(_Strict):
-    path: str
-    """A file (.jsonl .json .csv .parquet), a saved `datasets` folder, or a built-in dataset name."""
-    split: str | None = None
-    """For built-in datasets and `datasets` folders: train, validation or test."""
-    format: Literal["auto", "jsonl", "json", "csv", "parquet", "hf"] = "auto"
-    limit: int | None = Field(None, ge=1)
-    """Use only the first N records (after the source's own deterministic order)."""
-
-
-class TemplateConfig(_Strict):
-    prompt: str = "{prompt}"
-    """The prompt, with {column} fields filled from each record."""
-    response: str = "{response}"
-    """The expected output, with {column} fields. Loss covers only this part by default."""
-    system: str | None = None
-    """An optional system message (chat templates only)."""
-
-
 Metric = Literal["auto", "accuracy", "exact_match", "rouge_l", "chrf", "bleu", "syntax_valid", "code", "pass_at_1"]
 Scoring = Literal["auto", "likelihood", "generate"]
 
 
-class TaskConfig(_Strict):
-    """One task of a multi-task run (`data.tasks`), or a retention task: its data, template and scoring."""
-
-    name: str | None = None
-    """Name in logs and summary.json. Default: the built-in dataset's name or the training file's stem."""
-    train: str | SourceConfig | None = None
-    """Training source (file, `datasets` folder or built-in). None: an evaluation-only task (e.g.
-    humaneval, which has only a test split); it is scored before and after but never trained on."""
-    validation: str | SourceConfig | None = None
-    """Validation set (validation loss). If absent: the built-in's validation split, or
-    `validation_split` of the training data, or (evaluation-only tasks) the test set."""
-    test: str | SourceConfig | None = None
-    """Held-out set for the task metric. If absent: the built-in's test split, or the validation set."""
-    validation_split: float = Field(0.1, gt=0, lt=1)
-    """Share of a user training file held out for validation when no validation set is given."""
-    columns: dict[str, str] = {}
-    """Rename columns before templating: {new_name: column_in_file}."""
-    template: TemplateConfig | None = None
-    """Prompt template. If absent: the built-in dataset's own template."""
-    labels: list[str] | None = None
-    """For label tasks: the allowed responses. Default: the built-in's labels."""
-    metric: Metric = "auto"
-    """accuracy | exact_match | rouge_l | chrf | bleu | syntax_valid | code (syntax + chrF) |
-    pass_at_1 (runs generated code against tests in a sandbox). auto: eval.metric, else the
-    built-in's metric, else accuracy with labels, ROUGE-L without."""
-    scoring: Scoring = "auto"
-    """likelihood: the label with the highest log-probability; generate: decoding (greedy unless
-    eval.temperature > 0). auto: eval.scoring, else likelihood with labels, generate without."""
-    weight: float | None = Field(None, gt=0)
-    """Sampling share in the training mix (data.mixing: fractions); shares are normalised to sum to 1."""
-    loss_weight: float = Field(1.0, ge=0)
-    """Multiplies this task's token losses (1: every labelled token counts the same)."""
-    max_train_samples: int | None = Field(None, ge=1)
-    """Use only the first N training records (deterministic order)."""
-    max_eval_samples: int | None = Field(None, ge=1)
-    """Cap on validation and test examples (the first N in deterministic order)."""
-    max_new_tokens: int | None = Field(None, ge=1)
-    """Generation length for this task. Default: eval.max_new_tokens."""
-    stop: list[str] | None = None
-    """Generation stops at the first of these strings (cut exactly), e.g. ["\\n```\\n", "\\nif __name__"]
-    for code. Default: none besides the end-of-sequence token."""
-
-
-# data keys that describe one task: with data.tasks, each task has its own
-TASK_SHORTHAND = ("train", "validation", "test", "columns", "template", "labels", "max_train_samples", "max_eval_samples")
-
-
-class DataConfig(_Strict):
-    """One task through the keys train ... labels (the shorthand), or several under `tasks`. Keys
-    below `labels` (format, max_length, ...) and the mixing keys apply to every task."""
-
-    train: str | SourceConfig = "rotten-tomatoes"
-    """Training source of the single-task shorthand (ignored names with `tasks`: set them per task)."""
-    validation: str | SourceConfig | None = None
-    """Validation set for loss / early stopping. If absent: the built-in's validation split, or
-    `validation_split` of the training data."""
-    test: str | SourceConfig | None = None
-    """Held-out set for the task metric (base vs tuned). If absent: the built-in's test split,
-    or the validation set."""
-    validation_split: float = Field(0.1, gt=0, lt=1)
-    columns: dict[str, str] = {}
-    """Rename columns before templating: {new_name: column_in_file}."""
-    template: TemplateConfig | None = None
-    """Prompt template. If absent: the built-in dataset's own template."""
-    format: Literal["chat", "plain"] = "chat"
-    """chat: wrap prompt/response with the tokenizer's chat template (if it has one); plain: raw text."""
-    messages_column: str | None = None
-    """Train on conversations: a column of [{role, content}, ...]; the last assistant turn is the response."""
-    max_length: int = Field(256, ge=8)
-    """Token limit per example. Prompts are cut from the left; a response is never dropped silently."""
-    truncate_response: bool = False
-    """A response longer than max_length is an error naming the record; true: cut it (and say how many)."""
-    train_on_prompt: bool = False
-    """Also compute the loss on prompt tokens."""
-    max_train_samples: int | None = Field(None, ge=1)
-    max_eval_samples: int | None = Field(None, ge=1)
-    """Cap on validation and test examples (the first N in deterministic order)."""
-    labels: list[str] | None = None
-    """For label tasks: the allowed responses (scored by comparing their likelihoods)."""
-    shuffle_seed: int = 0
-    """Seed for sampling / splitting user data; training order uses trainer.seed."""
-    tasks: list[TaskConfig] | None = None
-    """Several tasks in one run, each with its own sources, template, metric and weights. Every task is
-    scored before and after training. Replaces the single-task keys (train, validation, test, columns,
-    template, labels, max_train_samples, max_eval_samples), which must then be left out."""
-    mixing: Literal["auto", "proportional", "fractions", "temperature"] = "auto"
-    """How an epoch mixes the tasks' training examples. proportional: each task by its size (all its
-    examples once); fractions: by the tasks' `weight`s, normalised; temperature: size**(1/T)
-    (T = mixing_temperature; T=1 is proportional, large T tends to equal shares). auto: fractions
-    when any task has a weight, else proportional. Each epoch draws a fresh sample from trainer.seed."""
-    mixing_temperature: float = Field(2.0, ge=1)
-    """T of temperature mixing (Raffel et al. 2020, T5 sec. 3.5.2)."""
-    epoch_size: int | None = Field(None, ge=1)
-    """Training examples per epoch of the mix. Default: the sum of the tasks' training sizes."""
-    oversample: bool = True
-    """When a task's share needs more examples than it has: true repeats its examples (with a
-    warning); false caps it at its size (its share shrinks, the others' grow)."""
-
-    @model_validator(mode="after")
-    def _check(self) -> DataConfig:
-        if self.tasks is None:
-            return self
-        # a shorthand key left at its default is no clash: run directories written before to_yaml
-        # dropped them carry every default
-        fields = type(self).model_fields
-        clash = [
-            k for k in TASK_SHORTHAND if k in self.model_fields_set and getattr(self, k) != fields[k].get_default(call_default_factory=True)
-        ]
-        if clash:
-            raise ValueError(f"data.{clash[0]} cannot be combined with data.tasks: set it on each task (data.tasks[i].{clash[0]})")
-        if not self.tasks:
-            raise ValueError("data.tasks is empty: list at least one task, e.g. tasks: [{train: rotten-tomatoes}]")
-        if not any(t.train is not None for t in self.tasks):
-            raise ValueError("data.tasks: no task has a train source; at least one task must be trained on")
-        if self.mixing == "fractions" and any(t.weight is None for t in self.tasks if t.train is not None):
-            raise ValueError("data.mixing=fractions needs a weight on every task with a train source (data.tasks[i].weight)")
-        return self
-
-    def task_list(self) -> list[TaskConfig]:
-        """The tasks of this config; the single-task keys become one task."""
-        if self.tasks is not None:
-            return list(self.tasks)
-        return [
-            TaskConfig(
-                train=self.train,
-                validation=self.validation,
-                test=self.test,
-                validation_split=self.validation_split,
-                columns=self.columns,
-                template=self.template,
-                labels=self.labels,
-                max_train_samples=self.max_train_samples,
-                max_eval_samples=self.max_eval_samples,
-            )
-        ]
-
-
 class EvalConfig(_Strict):
+    """How tasks are scored, before and after training (task-level keys win)."""
+
     metric: Metric = "auto"
     """Default metric of every task (a task's own `metric` wins). auto: the built-in dataset's metric,
     else accuracy when labels are known, otherwise ROUGE-L. Also: exact_match, chrf, bleu,
@@ -242,22 +131,42 @@ class EvalConfig(_Strict):
     top_p: float = Field(1.0, gt=0, le=1)
     """Nucleus sampling mass when temperature > 0."""
     batch_size: int = Field(16, ge=1)
+    """Examples per forward pass when scoring tasks (label likelihoods, generation, their validation
+    loss): memory and speed, not the scores."""
     before: bool = True
     """Score the base model before training (needed for the base-vs-tuned comparison)."""
 
 
 class TrainerConfig(_Strict):
+    """The optimisation: length, batch, learning rate, evaluation and checkpoints."""
+
     epochs: float = Field(1, gt=0)
+    """Passes over the training data (an epoch of the mix with several tasks); fractions are allowed
+    (0.5: half an epoch). Ignored when max_steps is set."""
     max_steps: int | None = Field(None, ge=1)
     """Optimizer steps; overrides epochs when set."""
     batch_size: int = Field(8, ge=1)
+    """Examples per micro-batch (one forward and backward). An optimizer step takes a global batch of
+    batch_size x grad_accum examples; with several processes (--nproc N) that global batch is split
+    between them, each running micro-batches of at most batch_size, so the update is the same for
+    any N (docs/distributed.md). Lower it to save memory; raise grad_accum to keep the global batch."""
     grad_accum: int = Field(1, ge=1)
+    """Gradient accumulation: the global batch per optimizer step is batch_size x grad_accum examples,
+    whatever the process count. 8 x 1 and 1 x 8 give the same update (the loss is normalised by the
+    global batch's labelled tokens)."""
     lr: float = Field(2e-4, gt=0)
+    """Peak learning rate of AdamW (after warm-up)."""
     scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = "linear"
+    """Learning-rate schedule after warm-up. linear / cosine: decay to 0 at the last step; constant:
+    no warm-up, no decay; constant_with_warmup: warm-up, then constant."""
     warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    """Share of the optimizer steps spent ramping the learning rate up from 0."""
     warmup_steps: int | None = Field(None, ge=0)
+    """Warm-up length in optimizer steps; overrides warmup_ratio when set."""
     weight_decay: float = Field(0.0, ge=0)
+    """AdamW's decoupled weight decay on weight matrices (never on biases and norm weights)."""
     max_grad_norm: float | None = Field(1.0, gt=0)
+    """Clip the gradient's global L2 norm to this before each step; null: no clipping."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
     """Compute precision of matmuls (autocast). auto: bf16 where supported (AMX CPUs, recent GPUs)."""
     eval_every: int | None = Field(None, ge=1)
@@ -265,13 +174,19 @@ class TrainerConfig(_Strict):
     save_every: int | None = Field(None, ge=1)
     """Write a resumable checkpoint every N optimizer steps (and at the end)."""
     keep_checkpoints: int = Field(2, ge=1)
+    """How many of the latest checkpoints stay in the run's checkpoints/ (older ones are deleted)."""
     early_stopping_patience: int | None = Field(None, ge=1)
     """Stop after this many evaluations without a better validation loss."""
     load_best_at_end: bool = True
     """With evaluation on: finish with the weights of the best validation loss."""
     seed: int = 42
+    """Seeds weight initialisation, dropout, the batch order and each epoch's draw of the task mix."""
     log_every: int = Field(10, ge=1)
+    """Write a training row (loss, learning rate, tokens/s, retention penalties) to metrics.jsonl every
+    N optimizer steps (and at step 1)."""
     logger: Literal["none", "tensorboard", "mlflow"] = "none"
+    """Also send the metrics to TensorBoard (event files in the run directory) or MLflow (needs the
+    mlflow package; its tracking URI). metrics.jsonl is written either way."""
     threads: int | None = Field(None, ge=1)
     """torch threads; default: the cores this process may use."""
     compile: bool = True
@@ -298,8 +213,12 @@ class TrainerConfig(_Strict):
 
 
 class OutputConfig(_Strict):
+    """Where the run directory goes and what it holds."""
+
     dir: str = "runs"
     """Parent folder of run directories."""
     name: str | None = None
     """Run name; the run directory is <dir>/<name>-<timestamp>. Default: the config file's stem."""
     save_model: bool = True
+    """Save the trained adapter/ (or model/ for full fine-tuning) and tokenizer/ in the run directory;
+    false: only the scores, metrics and checkpoints."""

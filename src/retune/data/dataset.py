@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from retune.config import DataConfig, EvalConfig, SourceConfig, TaskConfig, TemplateConfig
 from retune.data.builtin import BUILTIN_DATASETS, is_builtin, load_builtin
-from retune.data.readers import read_records
+from retune.data.readers import SUFFIX_FORMATS, read_records
 from retune.data.templates import Encoded, Formatter, check_fields
 from retune.errors import UsageError
 
@@ -33,13 +34,35 @@ def _as_source(src: str | SourceConfig) -> SourceConfig:
     return SourceConfig(path=src) if isinstance(src, str) else src
 
 
-def read_source(src: str | SourceConfig, default_split: str) -> list[dict]:
+def read_source(src: str | SourceConfig, default_split: str, key: str = "data source") -> list[dict]:
+    """A source's records: a file or folder when one is there, else a built-in dataset. `key` is the
+    config key naming the source (data.train, stages[0].task.test), for error messages."""
     src = _as_source(src)
-    if is_builtin(src.path) and not Path(src.path).exists():
+    path = Path(src.path).expanduser()
+    if is_builtin(src.path) and not path.exists():
         records = load_builtin(src.path, src.split or default_split)
+    elif not path.exists():
+        raise UsageError(_not_found(src.path, key))
     else:
-        records = read_records(src.path, src.format, src.split)
+        records = read_records(src.path, src.format, src.split, encoding=src.encoding, key=key)
     return records[: src.limit] if src.limit else records
+
+
+def _not_found(name: str, key: str) -> str:
+    """A path that looks like a file (a suffix or a folder in it) is a missing file; a bare name is
+    most likely a built-in's misspelled name."""
+    path = Path(name).expanduser()
+    if path.suffix.lower() in SUFFIX_FORMATS or len(path.parts) > 1:
+        try:
+            near = sorted(p.name for p in path.parent.iterdir())
+        except OSError:  # no such folder (or not readable): no hint
+            near = []
+        hint = difflib.get_close_matches(path.name, near, n=1)
+        fix = f"did you mean '{path.parent / hint[0]}'?" if hint else "check the path; it is read relative to the current directory"
+        return f"{key}: data file not found: {name} ({fix})"
+    hint = difflib.get_close_matches(name, list(BUILTIN_DATASETS), n=1)
+    fix = f"did you mean '{hint[0]}'?" if hint else "give a path to a JSONL, JSON, CSV or Parquet file, or a built-in's name"
+    return f"{key}: '{name}' is neither a file nor a built-in dataset ({fix}); built-ins: {', '.join(BUILTIN_DATASETS)}"
 
 
 def _rename(records: list[dict], columns: dict[str, str], where: str) -> list[dict]:
@@ -59,32 +82,27 @@ def load_task(data: DataConfig, ev: EvalConfig) -> TaskData:
 
 
 def load_tasks(data: DataConfig, ev: EvalConfig) -> list[TaskData]:
-    """Every task of a config: data.tasks, or the single-task keys as one task. Names are unique."""
-    tasks = [load_task_config(t, data, ev) for t in data.task_list()]
-    seen: set[str] = set()
-    for i, t in enumerate(tasks):
-        if t.name in seen:
-            raise UsageError(f"data.tasks[{i}]: two tasks are named '{t.name}'; give them distinct names (data.tasks[{i}].name)")
-        seen.add(t.name)
-    return tasks
+    """Every task of a config: data.tasks, or the single-task keys as one task (names are unique:
+    DataConfig checks them)."""
+    return [load_task_config(t, data, ev) for t in data.task_list()]
 
 
 def load_task_config(tc: TaskConfig, data: DataConfig, ev: EvalConfig) -> TaskData:
     """Read, split, cap and check one task's records. `data` gives the keys shared by all tasks."""
     anchor = tc.train if tc.train is not None else tc.test
-    if anchor is None:
+    if anchor is None:  # TaskConfig's own check; a TaskConfig built with model_construct skips it
         raise UsageError(f"task {tc.name or '?'}: give a train source, or a test source for an evaluation-only task")
     anchor_src = _as_source(anchor)
     builtin = BUILTIN_DATASETS.get(anchor_src.path) if not Path(anchor_src.path).exists() else None
-    name = tc.name or (builtin.name if builtin else Path(anchor_src.path).stem)
+    name = tc.resolved_name()  # a built-in's name is its key: the stem of the source either way
 
     if tc.train is not None:
-        train = _rename(read_source(tc.train, "train"), tc.columns, anchor_src.path)
+        train = _rename(read_source(tc.train, "train", tc.key("train")), tc.columns, anchor_src.path)
     else:
         train = []
 
     if tc.validation is not None:
-        validation = _rename(read_source(tc.validation, "validation"), tc.columns, _as_source(tc.validation).path)
+        validation = _rename(read_source(tc.validation, "validation", tc.key("validation")), tc.columns, _as_source(tc.validation).path)
     elif builtin is not None and "validation" in builtin.splits:
         validation = read_source(SourceConfig(path=anchor_src.path, split="validation"), "validation")
     elif tc.train is None:
@@ -98,7 +116,7 @@ def load_task_config(tc: TaskConfig, data: DataConfig, ev: EvalConfig) -> TaskDa
         validation, train = rows[:n_val], rows[n_val:]
 
     if tc.test is not None:
-        test = _rename(read_source(tc.test, "test"), tc.columns, _as_source(tc.test).path)
+        test = _rename(read_source(tc.test, "test", tc.key("test")), tc.columns, _as_source(tc.test).path)
     elif builtin is not None and "test" in builtin.splits:
         test = read_source(SourceConfig(path=anchor_src.path, split="test"), "test")
     else:

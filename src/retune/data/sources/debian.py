@@ -11,7 +11,8 @@ import bz2
 import gzip
 import lzma
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from io import BufferedIOBase
 from pathlib import Path
 
 from retune.errors import UsageError
@@ -41,7 +42,8 @@ def _read(path: Path) -> str:
             raise UsageError("reading apt's lz4-compressed lists needs the lz4 package: pip install lz4") from e
         with lz4.frame.open(path) as f:
             return f.read().decode("utf-8", "replace")
-    opener = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}.get(path.suffix)
+    openers: dict[str, Callable[..., BufferedIOBase]] = {".gz": gzip.open, ".xz": lzma.open, ".bz2": bz2.open}
+    opener = openers.get(path.suffix)
     if opener is not None:
         with opener(path, "rb") as f:
             return f.read().decode("utf-8", "replace")

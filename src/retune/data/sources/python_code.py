@@ -73,6 +73,7 @@ def _pair(module: str, qualname: str, fn: ast.FunctionDef | ast.AsyncFunctionDef
     if not doc or len(fn.body) < 2 or _trivial(fn.body[1:]):
         return None
     start, doc_end, end = fn.lineno - 1, fn.body[0].end_lineno, fn.end_lineno  # def line (decorators left out)
+    assert doc_end is not None  # ast.parse gives every node its positions
     text = textwrap.dedent("\n".join(lines[start:end]))  # the def at column 0, the body at its own indent
     n_header = doc_end - start
     header_lines = text.split("\n")[:n_header]
@@ -94,7 +95,8 @@ def extract(root: Path | None = None, exclude: list[str] | None = None) -> list[
 
     root = root or stdlib_dir()
     guard = humaneval.NgramIndex(exclude if exclude is not None else humaneval.texts())
-    records, seen = [], set()
+    records: list[dict] = []
+    seen: set[str] = set()
     for module, path in _modules(root):
         try:
             source = path.read_text("utf-8")
