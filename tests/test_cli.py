@@ -114,3 +114,21 @@ def test_validate_ok_and_generate_predict_eval(tmp_path, tiny_model, tiny_data):
     result = runner.invoke(app, ["eval", run_dir])
     assert result.exit_code == 0, result.stderr
     assert "accuracy" in json.loads(result.stdout)["train"]
+
+
+@pytest.mark.parametrize("nproc", [1, 2])
+def test_output_dir_that_is_a_file_exits_2_and_writes_nothing(tmp_path, tiny_model, tiny_data, nproc):
+    taken = tmp_path / "runs"
+    taken.write_text("not a folder")
+    code, err = _run("train", _cfg(tmp_path, tiny_model, tiny_data), "--nproc", str(nproc))
+    assert code == 2, err
+    _one_clean_line(err)
+    assert "output.dir" in err and "is a file" in err
+    assert taken.read_text() == "not a folder"
+
+
+def test_resume_of_a_folder_that_is_not_a_run(tmp_path):
+    code, err = _run("train", "--resume", str(tmp_path))
+    assert code == 2
+    _one_clean_line(err)
+    assert f"--resume {tmp_path} is not a run directory (no config.yaml)" in err

@@ -199,3 +199,18 @@ def test_fast_path_loss_curve_matches_plain_fp32(tmp_path, tiny_model, tiny_data
     worst = max(abs(a[s] - b[s]) / b[s] for s in a)
     print(f"largest relative gap {worst:.4f}; loss {b[1]:.3f} -> {b[12]:.3f}")
     assert worst < 0.01
+
+
+def test_every_score_has_its_interval_and_per_example_file(tmp_path, tiny_model, tiny_data):
+    run_dir, s = _train(tmp_path, tiny_model, tiny_data, name="ci")
+    u = s["uncertainty"]
+    base, tuned = u["base"]["train"]["accuracy"], u["tuned"]["train"]["accuracy"]
+    assert tuned["n"] == 24 and tuned["method"] == "wilson"
+    assert tuned["mean"] == pytest.approx(s["final"]["train"]["accuracy"]) and base["mean"] == pytest.approx(s["base"]["train"]["accuracy"])
+    assert tuned["low"] <= tuned["mean"] <= tuned["high"]
+    change = u["change"]["train"]["accuracy"]
+    assert change["delta"] == pytest.approx(tuned["mean"] - base["mean"])
+    assert change["low"] <= change["delta"] <= change["high"]
+    rows = [json.loads(line) for line in (run_dir / "scores" / "train-tuned.jsonl").read_text().splitlines()]
+    assert len(rows) == 24 and sum(r["accuracy"] for r in rows) / 24 == pytest.approx(tuned["mean"])
+    assert all(r["accuracy"] == float(r["prediction"] == r["reference"]) for r in rows)

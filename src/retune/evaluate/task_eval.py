@@ -7,7 +7,6 @@ numbers can be compared directly.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from retune.config import EvalConfig
 from retune.data.dataset import TaskData
@@ -15,6 +14,7 @@ from retune.data.templates import Encoded, Formatter
 from retune.errors import UsageError
 from retune.evaluate import metrics, scoring
 from retune.models.tasks import CAUSAL_LM, task_type_of
+from retune.types import Autocast, Model, Tokenizer
 
 
 @dataclass
@@ -24,14 +24,16 @@ class Predictions:
     references: list[str]
 
 
-def scoring_mode(task: TaskData, ev: EvalConfig, model: Any = None) -> str:
+def scoring_mode(task: TaskData, ev: EvalConfig, model: Model | None = None) -> str:
     """How a task is scored, by the model's task type (a causal LM when no model is given): `classifier`
     (argmax of a classification head) for seq_cls models; else the task's own `scoring`, else
     eval.scoring, else the type's default: `likelihood` for a causal LM's label tasks, `generate` otherwise."""
     return (CAUSAL_LM if model is None else task_type_of(model)).scoring(task, ev)
 
 
-def predict(model: Any, tok: Any, fmt: Formatter, task: TaskData, records: list[dict], ev: EvalConfig, autocast: Any) -> Predictions:
+def predict(
+    model: Model, tok: Tokenizer, fmt: Formatter, task: TaskData, records: list[dict], ev: EvalConfig, autocast: Autocast
+) -> Predictions:
     pairs = [fmt.record_prompt(task.template, r) for r in records]
     prompts, refs = [p for p, _ in pairs], [r for _, r in pairs]
     mode = scoring_mode(task, ev, model)
@@ -69,11 +71,36 @@ def _resp_ids(fmt: Formatter, label: str) -> list[int]:
     return fmt.tok(label, add_special_tokens=False).input_ids
 
 
+@dataclass
+class TaskScores:
+    """One task scored: the summary row, and each test example's score under every metric key (what
+    intervals and paired comparisons are computed from; evaluate/intervals.py)."""
+
+    row: dict[str, float]
+    examples: dict[str, list[float]]
+    predictions: Predictions
+
+
+# metrics whose value is the mean of per-example scores that cost a sandbox run each: computed once
+PER_EXAMPLE_METRICS = {"pass_at_1"}
+
+
+def score_task(
+    model: Model, tok: Tokenizer, fmt: Formatter, task: TaskData, val_examples: list[Encoded], ev: EvalConfig, autocast: Autocast
+) -> TaskScores:
+    pred = predict(model, tok, fmt, task, task.test, ev, autocast)
+    each = metrics.per_example_scores(task.metric, pred.predictions, pred.references, records=task.test)
+    if task.metric in PER_EXAMPLE_METRICS:
+        scores = {k: sum(v) / max(len(v), 1) for k, v in each.items()}
+    else:
+        scores = metrics.compute(task.metric, pred.predictions, pred.references, records=task.test)
+    nll = scoring.mean_nll(model, val_examples, tok.pad_token_id, ev.batch_size, autocast)
+    row = {**scores, "val_loss": nll, "perplexity": metrics.perplexity(nll), "n_test": len(task.test)}
+    return TaskScores(row, each, pred)
+
+
 def evaluate_task(
-    model: Any, tok: Any, fmt: Formatter, task: TaskData, val_examples: list[Encoded], ev: EvalConfig, autocast: Any
+    model: Model, tok: Tokenizer, fmt: Formatter, task: TaskData, val_examples: list[Encoded], ev: EvalConfig, autocast: Autocast
 ) -> dict[str, float]:
     """{metric: value, ... (several for `code`), val_loss, perplexity, n_test} for one task."""
-    pred = predict(model, tok, fmt, task, task.test, ev, autocast)
-    scores = metrics.compute(task.metric, pred.predictions, pred.references, records=task.test)
-    nll = scoring.mean_nll(model, val_examples, tok.pad_token_id, ev.batch_size, autocast)
-    return {**scores, "val_loss": nll, "perplexity": metrics.perplexity(nll), "n_test": len(task.test)}
+    return score_task(model, tok, fmt, task, val_examples, ev, autocast).row

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from retune.data.templates import Formatter
 
 HELP = "commands: /reset clears the history, /exit (or Ctrl-D) quits"
 
@@ -53,7 +56,7 @@ def chat_loop(
         write(f"assistant> {reply}")
 
 
-def _prompt(fmt: Any, history: list[dict]) -> str:
+def _prompt(fmt: Formatter, history: list[dict]) -> str:
     if fmt.chat:
         return fmt.prompt_text("", messages=history)
     return "\n".join(m["content"] for m in history)  # a plain-format run: the conversation as text

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from retune.config import RetuneConfig, load_config
 from retune.data.dataset import load_task
@@ -17,6 +16,7 @@ from retune.models.resolve import resolve_base
 from retune.rundir import RunDir, is_run_dir
 from retune.session import Session, load_run, make_accelerator, setup_torch
 from retune.session.prepare import prepare_data
+from retune.types import Model, Tokenizer
 
 
 def evaluate(target: str, overrides: list[str] | None = None) -> dict:
@@ -31,7 +31,7 @@ def evaluate(target: str, overrides: list[str] | None = None) -> dict:
         model, tok = load_base(cfg, model_path), load_tokenizer(model_path, cfg.model)
     s = Session(cfg, "", accelerator=make_accelerator(cfg))
     s.prep = prepare_data(cfg, tok)
-    scores = s.score(model, "tuned model" if run else "base model")
+    scores = s.score(model, "tuned model" if run else "base model", "eval")
     if run is not None:
         run.write_json("eval.json", scores)
     print_scores(", ".join(scores), None, scores)
@@ -58,7 +58,7 @@ def predict(run_dir: str, input_path: str, output_path: str | None) -> list[dict
     return out
 
 
-def load_target(target: str) -> tuple[RetuneConfig, Any, Any]:
+def load_target(target: str) -> tuple[RetuneConfig, Model, Tokenizer]:
     """(config, model, tokenizer) of a run directory's tuned model, or of a base model by name/folder."""
     if is_run_dir(target):
         return load_run(RunDir(Path(target)))

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 
@@ -31,6 +31,10 @@ from retune.rundir import RunDir
 from retune.session import load_run, make_accelerator
 from retune.session.prepare import encode_task
 from retune.train.loop import Hooks, fit
+from retune.types import Model, Tokenizer
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 
 def layer_indices(n_layers: int, keep: int) -> list[int]:
@@ -42,7 +46,7 @@ def layer_indices(n_layers: int, keep: int) -> list[int]:
     return sorted({round(i * (n_layers - 1) / (keep - 1)) for i in range(keep)})
 
 
-def shrink(teacher: Any, keep: int) -> Any:
+def shrink(teacher: Model, keep: int) -> Model:
     """A copy of a decoder LM keeping `keep` of its layers (a Llama-like `model.layers` list)."""
     import copy
 
@@ -59,11 +63,11 @@ def shrink(teacher: Any, keep: int) -> Any:
     return student.requires_grad_(True)
 
 
-def size_mb(model: Any) -> float:
+def size_mb(model: Model) -> float:
     return sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
 
 
-def make_student(cfg: RetuneConfig, teacher: Any, tok: Any, layers: int | None, student_model: str | None) -> Any:
+def make_student(cfg: RetuneConfig, teacher: Model, tok: Tokenizer, layers: int | None, student_model: str | None) -> Model:
     """The teacher with `layers` of its layers, or another model that shares its tokenizer."""
     if layers is not None:
         return shrink(teacher, layers)
@@ -75,7 +79,7 @@ def make_student(cfg: RetuneConfig, teacher: Any, tok: Any, layers: int | None, 
     return load_base(scfg, spath, trainable_full=True).requires_grad_(True)
 
 
-def describe(model: Any, scores: dict[str, Any], **extra: Any) -> dict[str, Any]:
+def describe(model: Model, scores: dict[str, float], **extra: object) -> dict[str, Any]:
     return {"params": sum(p.numel() for p in model.parameters()), "size_mb": size_mb(model), **extra, **scores}
 
 
@@ -96,7 +100,7 @@ def distill(
     t0 = time.perf_counter()
     cfg, teacher, tok = load_run(run, overrides)
     if hasattr(teacher, "merge_and_unload"):
-        teacher = teacher.merge_and_unload()  # the adapter folded in: a plain model to copy layers from
+        teacher = cast("PeftModel", teacher).merge_and_unload()  # the adapter folded in: a plain model to copy layers from
     teacher.eval().requires_grad_(False)
     student = make_student(cfg, teacher, tok, layers, student_model)
     task = load_task(cfg.data, cfg.eval)

@@ -13,6 +13,7 @@ from retune.evaluate.report import print_scores
 from retune.rundir import RunDir
 from retune.session import Session
 from retune.session.retain import print_tradeoff
+from retune.session.uncertainty import print_intervals, uncertainty
 from retune.train import distributed as dist
 
 
@@ -40,8 +41,8 @@ def run(cfg: RetuneConfig, resumed: RunDir | None = None) -> tuple[RunDir, dict[
         raise
     if not dist.is_main():  # rank 0 holds the same weights: it scores, saves and summarises
         return run_dir, summary
-    s.accelerator.free_memory()  # Accelerate holds the optimizer (AdamW states: 8 bytes per trainable weight)
-    final = s.score(model, "tuned model")
+    s.accel.free_memory()  # Accelerate holds the optimizer (AdamW states: 8 bytes per trainable weight)
+    final = s.score(model, "tuned model", "tuned")
     retained = s.score_retained(model)
     s.save_model(model)
     scoring = {t: info["scoring"] for t, info in summary["tasks"].items()}
@@ -52,11 +53,14 @@ def run(cfg: RetuneConfig, resumed: RunDir | None = None) -> tuple[RunDir, dict[
         final=final,
         retention=retained,
         retention_history=s.retention.history,
+        uncertainty=uncertainty(run_dir, names, "base", "tuned"),
         train=s.train_stats([state], model),
     )
     s.finish(summary)
     how = summary["scoring"] if isinstance(summary["scoring"], str) else "per-task"
     print_scores(f"{summary['task']}: base vs tuned ({how} scoring)", base, final)
+    u = summary["uncertainty"]
+    print_intervals("with 95% intervals (points)", u["base"], u["tuned"], u["change"])
     if retained:
         print_tradeoff([prep.tasks[i].name for i in prep.trained], base, final, retained)
     return run_dir, summary

@@ -23,6 +23,7 @@ from retune.evaluate.report import console
 from retune.rundir import RunDir
 from retune.session import Session
 from retune.session.retain import print_tradeoff
+from retune.session.uncertainty import uncertainty
 from retune.train import distributed as dist
 from retune.train.checkpoint import save_weights
 
@@ -68,7 +69,7 @@ def run(cfg: RetuneConfig) -> tuple[RunDir, dict[str, Any]]:
         states.append(state)
         if dist.is_main():
             save_weights(stage_dir / "trainable.safetensors", model)  # each stage checkpointed
-        row = s.score(model, f"after {task.name}")  # rank 0; the others wait at the barrier
+        row = s.score(model, f"after {task.name}", f"stage-{i + 1}")  # rank 0; the others wait at the barrier
         dist.barrier()
         if row:
             scores.append(row)
@@ -91,6 +92,7 @@ def run(cfg: RetuneConfig) -> tuple[RunDir, dict[str, Any]]:
         final=scores[-1],
         retention=retained,
         retention_history=s.retention.history,
+        uncertainty=uncertainty(run_dir, names, "base", f"stage-{len(names)}"),
         stages={"tasks": names, "R": R, "baseline": baseline, **seq, "matrix_png": "matrix.png"},
         train=s.train_stats(states, model),
     )

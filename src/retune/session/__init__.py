@@ -11,7 +11,7 @@ saving the model and summary.json. A recipe is a short sequence over it:
     base = s.score_base(model, prep)
     model = s.attach(model)                # adapter (or full fine-tuning)
     model, state = s.fit(model, train, val, ckpt_dir, regularizers)
-    final = s.score(model, prep, "tuned model"); s.save_model(model); s.finish(summary)
+    final = s.score(model, "tuned model", "tuned"); s.save_model(model); s.finish(summary)
 
 It imports nothing above train/ (recipes and the CLI sit on top of it).
 """
@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import resource
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,10 +29,11 @@ from typing import Any
 import torch
 
 from retune import allocator
-from retune.config import RetuneConfig, TaskConfig
+from retune.config import RetuneConfig, TaskConfig, TrainerConfig
+from retune.data.templates import Encoded
 from retune.errors import UsageError
 from retune.evaluate.report import LiveProgress, console, plot_loss
-from retune.evaluate.task_eval import evaluate_task, scoring_mode
+from retune.evaluate.task_eval import score_task, scoring_mode
 from retune.io import append_jsonl, replace_dir, staging_dir
 from retune.models import loss as loss_mod
 from retune.models.load import compute_dtype, count_params, load_base, load_tokenizer, prepare_for_training
@@ -41,9 +43,11 @@ from retune.retention.base import Regularizer
 from retune.rundir import RunDir, check_output_dir
 from retune.session.prepare import Prepared, prepare_data
 from retune.session.retain import Retention
+from retune.session.uncertainty import write_scores
 from retune.train import distributed as dist
 from retune.train.checkpoint import LoopState, load_trainable
 from retune.train.loop import Hooks, fit
+from retune.types import Accelerator, Autocast, Model, Tokenizer
 
 Scores = dict[str, dict[str, Any]]
 
@@ -53,7 +57,7 @@ def setup_torch(cfg: RetuneConfig) -> None:
     torch.set_num_threads(threads)
 
 
-def make_accelerator(cfg: RetuneConfig, run_dir: Path | None = None) -> Any:
+def make_accelerator(cfg: RetuneConfig, run_dir: Path | None = None) -> Accelerator:
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
@@ -71,7 +75,7 @@ def make_accelerator(cfg: RetuneConfig, run_dir: Path | None = None) -> Any:
     return Accelerator(mixed_precision=mp, log_with=log_with, project_dir=str(run_dir) if run_dir else None)
 
 
-def tracker_config(d: Any, prefix: str = "") -> dict[str, Any]:
+def tracker_config(d: object, prefix: str = "") -> dict[str, Any]:
     """The config as flat scalar hyper-parameters (`trainer.lr`, `stages.0.task.train`): trackers take
     int, float, str and bool only."""
     if isinstance(d, dict | list):
@@ -90,7 +94,7 @@ class Session:
     model_path: str
     resumed: RunDir | None = None
     run: RunDir | None = None
-    accelerator: Any = None
+    accelerator: Accelerator | None = None  # set by open_run(); `accel` once it is there
     prep: Prepared | None = None
     policy: Retention | None = None  # set by prepare(): the retain: sets are loaded with the data
     t_start: float = field(default_factory=time.perf_counter)
@@ -117,7 +121,7 @@ class Session:
         self.policy = Retention.load(self.cfg, tok, self.prep.fmt)
         return self.prep
 
-    def load_model(self, labels: list[str] | None = None) -> Any:
+    def load_model(self, labels: list[str] | None = None) -> Model:
         return load_base(self.cfg, self.model_path, trainable_full=self.full, labels=labels)
 
     @property
@@ -134,8 +138,13 @@ class Session:
         return self.run
 
     @property
-    def autocast(self) -> Any:
-        return self.accelerator.autocast
+    def accel(self) -> Accelerator:
+        assert self.accelerator is not None, "open_run() first"
+        return self.accelerator
+
+    @property
+    def autocast(self) -> Autocast:
+        return self.accel.autocast
 
     @property
     def retention(self) -> Retention:
@@ -143,7 +152,7 @@ class Session:
         return self.policy
 
     @property
-    def tok(self) -> Any:
+    def tok(self) -> Tokenizer:
         assert self.prep is not None, "prepare() first"
         return self.prep.tok
 
@@ -158,12 +167,13 @@ class Session:
             self.policy.observe(row)
         numeric = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
         if self.cfg.trainer.logger != "none" and numeric:
-            self.accelerator.log(numeric, step=row.get("step"))
+            self.accel.log(numeric, step=row.get("step"))
 
     # ---------------------------------------------------------------- scoring
 
-    def score(self, model: Any, stage: str) -> Scores:
-        """{task: {metric: value, val_loss, ...}} for every task (rank 0 scores; the others get {})."""
+    def score(self, model: Model, stage: str, key: str) -> Scores:
+        """{task: {metric: value, val_loss, ...}} for every task (rank 0 scores; the others get {}); each
+        test example's score goes to scores/<task>-<key>.jsonl."""
         prep = self.prep
         assert prep is not None
         if not dist.is_main():
@@ -173,7 +183,10 @@ class Session:
             mode = scoring_mode(task, self.cfg.eval, model)
             console.print(f"scoring the {stage} on {task.name} ({len(task.test)} test examples, {task.metric}, {mode} scoring)")
             t0 = time.perf_counter()
-            out[task.name] = evaluate_task(model, prep.tok, prep.fmt, task, val, self.cfg.eval, self.autocast)
+            scored = score_task(model, prep.tok, prep.fmt, task, val, self.cfg.eval, self.autocast)
+            out[task.name] = scored.row
+            if self.run is not None:
+                write_scores(self.run, key, task.name, scored)
             self.log(
                 {
                     "event": "task_eval",
@@ -185,14 +198,14 @@ class Session:
             )
         return out
 
-    def score_base(self, model: Any) -> Scores:
+    def score_base(self, model: Model) -> Scores:
         """The base model on every task and on what it must retain, before any adapter is attached
         (prefix/prompt tuning are not identity at init). Kept in the run directory, so a resumed run
         does not score it again."""
         assert self.run is not None
         base = self.run.read_json("base_scores.json")
         if base is None and self.cfg.eval.before and dist.is_main():  # the other processes wait at the barrier
-            base = self.score(model, "base model")
+            base = self.score(model, "base model", "base")
             self.run.write_json("base_scores.json", base)
         retained = self.run.read_json("base_retention.json")
         if retained is not None:
@@ -202,7 +215,7 @@ class Session:
         dist.barrier()
         return base or {}
 
-    def score_retained(self, model: Any) -> Scores:
+    def score_retained(self, model: Model) -> Scores:
         """summary.json `retention`: each retained task's base, final and change (rank 0)."""
         if not (self.retention.rset and dist.is_main()):
             return {}
@@ -210,36 +223,36 @@ class Session:
 
     # ---------------------------------------------------------------- training
 
-    def attach(self, model: Any) -> Any:
+    def attach(self, model: Model) -> Model:
         """The adapter (or full fine-tuning), seeded the same whether or not the base was scored."""
         from transformers import set_seed
 
         set_seed(self.cfg.trainer.seed)
-        model = prepare_for_training(model, self.cfg, bf16_autocast=self.accelerator.mixed_precision == "bf16")
+        model = prepare_for_training(model, self.cfg, bf16_autocast=self.accel.mixed_precision == "bf16")
         loss_mod.USE_COMPILE = self.cfg.trainer.compile
         trainable, total = count_params(model)
         console.print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
         return model
 
-    def regularizers(self, model: Any) -> list[Regularizer]:
+    def regularizers(self, model: Model) -> list[Regularizer]:
         """The retention penalties, built after the adapter is attached (the trainable set is known)."""
         return self.retention.regularizers(model, self.tok.pad_token_id, self.autocast, self.log)
 
-    def retention_context(self, anchor: list[Any]) -> RetentionContext:
+    def retention_context(self, anchor: list[Encoded]) -> RetentionContext:
         return RetentionContext(pad_id=self.tok.pad_token_id, autocast=self.autocast, anchor_data=anchor, log=self.log)
 
     def fit(
         self,
-        model: Any,
-        train: Any,
-        val: Any,
+        model: Model,
+        train: list[Encoded] | Callable[[int], list[Encoded]],
+        val: list[Encoded] | dict[str, list[Encoded]],
         ckpt_dir: Path,
         regularizers: list[Regularizer],
-        trainer: Any = None,
+        trainer: TrainerConfig | None = None,
         resume: bool = False,
         stage: int | None = None,
         label: str = "training",
-    ) -> tuple[Any, LoopState]:
+    ) -> tuple[Model, LoopState]:
         """Train with the session's hooks (metrics, progress, the retention gate at each evaluation),
         then end on the weights the config selects (best validation loss, or the best within
         max_forgetting); every rank ends with the same weights."""
@@ -254,8 +267,8 @@ class Session:
             hooks.on_end = progress.stop
         if tcfg.eval_every:
             hooks.on_eval = self.retention.eval_hook(ckpt_dir, self.autocast, log)
-        state = fit(model, train, val, tcfg, self.tok.pad_token_id, self.accelerator, ckpt_dir, regularizers, hooks, resume=resume)
-        model = self.accelerator.unwrap_model(model)
+        state = fit(model, train, val, tcfg, self.tok.pad_token_id, self.accel, ckpt_dir, regularizers, hooks, resume=resume)
+        model = self.accel.unwrap_model(model)
         chosen = dist.broadcast_object(self.retention.restore_path(ckpt_dir, log) if dist.is_main() else None)
         if chosen is not None:
             from safetensors.torch import load_file
@@ -265,14 +278,14 @@ class Session:
 
     # ---------------------------------------------------------------- results
 
-    def save_model(self, model: Any) -> None:
+    def save_model(self, model: Model) -> None:
         """adapter/ (peft format) or model/ (HF format, fp32 master weights), plus tokenizer/, atomically."""
         assert self.run is not None
         if not (self.cfg.output.save_model and dist.is_main()):
             return
         name = "model" if self.full else "adapter"
         tmp = staging_dir(self.run.path / name)
-        model.save_pretrained(tmp, safe_serialization=True)
+        model.save_pretrained(str(tmp), safe_serialization=True)
         if self.full:
             self.tok.save_pretrained(tmp)  # a full model folder loads with plain transformers on its own
         replace_dir(tmp, self.run.path / name)
@@ -280,7 +293,7 @@ class Session:
         self.tok.save_pretrained(tmp)
         replace_dir(tmp, self.run.path / "tokenizer")
 
-    def train_stats(self, states: list[LoopState], model: Any) -> dict[str, Any]:
+    def train_stats(self, states: list[LoopState], model: Model) -> dict[str, Any]:
         trainable, total = count_params(model)
         last = states[-1]
         tokens, seconds = sum(s.tokens for s in states), sum(s.train_seconds for s in states)
@@ -300,7 +313,7 @@ class Session:
             "stopped_early": last.stopped_early,
         }
 
-    def task_info(self, model: Any) -> dict[str, dict[str, Any]]:
+    def task_info(self, model: Model) -> dict[str, dict[str, Any]]:
         """Per task: metric, scoring, sizes, and its declared share of the mix (None: evaluation only)."""
         prep = self.prep
         assert prep is not None
@@ -331,10 +344,10 @@ class Session:
         if dist.is_main() and self.run.metrics_path.exists():
             plot_loss(self.run.metrics_path, self.run.path / "loss.png")
         if self.cfg.trainer.logger != "none":
-            self.accelerator.end_training()
+            self.accel.end_training()
 
 
-def load_run(run: RunDir | str | Path, overrides: list[str] | None = None) -> tuple[RetuneConfig, Any, Any]:
+def load_run(run: RunDir | str | Path, overrides: list[str] | None = None) -> tuple[RetuneConfig, Model, Tokenizer]:
     """(config, tuned model, tokenizer) of a finished run directory."""
     from retune.models.load import load_trained
 

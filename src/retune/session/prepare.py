@@ -7,7 +7,6 @@ go through the same path; every example carries its task's loss weight.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from retune.config import RetuneConfig, TaskConfig
 from retune.data import mixing
@@ -15,6 +14,7 @@ from retune.data.dataset import TaskData, load_task_config, load_tasks
 from retune.data.templates import Encoded, Formatter
 from retune.evaluate.report import console
 from retune.models.tasks import task_type
+from retune.types import Tokenizer
 
 
 @dataclass
@@ -23,7 +23,7 @@ class Prepared:
     afresh (what the loop consumes)."""
 
     cfg: RetuneConfig
-    tok: Any
+    tok: Tokenizer
     fmt: Formatter
     tasks: list[TaskData]
     task_train: list[list[Encoded]]  # per task; empty for evaluation-only tasks
@@ -48,7 +48,7 @@ class Prepared:
         return [sets[t][j] for t, j in mixing.epoch_indices(sizes, self.mix.counts, self.cfg.trainer.seed, epoch)]
 
 
-def prepare_data(cfg: RetuneConfig, tok: Any, task_configs: list[TaskConfig] | None = None) -> Prepared:
+def prepare_data(cfg: RetuneConfig, tok: Tokenizer, task_configs: list[TaskConfig] | None = None) -> Prepared:
     """Load and encode the config's tasks (data.tasks or the shorthand), or `task_configs` (the stages)."""
     if task_configs is None:
         tasks = load_tasks(cfg.data, cfg.eval)

@@ -7,9 +7,10 @@ replay in data.replay. The session calls this; every recipe gets the same policy
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TypeAlias
 
 from retune.config import RetuneConfig
 from retune.data.replay import replay_mix, self_replay
@@ -19,7 +20,11 @@ from retune.evaluate.report import console
 from retune.models.tasks import task_type
 from retune.retention import RetentionContext, build, memory_report
 from retune.retention.base import Regularizer
-from retune.train.checkpoint import save_weights
+from retune.train.checkpoint import LoopState, save_weights
+from retune.types import Autocast, Model, Tokenizer
+
+TrainData: TypeAlias = list[Encoded] | Callable[[int], list[Encoded]]  # a list, or a function epoch -> that epoch's list
+Log: TypeAlias = Callable[[dict], None]
 
 
 @dataclass
@@ -27,7 +32,7 @@ class Retention:
     """The retention side of one run."""
 
     cfg: RetuneConfig
-    tok: Any
+    tok: Tokenizer
     fmt: Formatter
     rset: RetainSet
     base: dict[str, dict] = field(default_factory=dict)
@@ -37,16 +42,16 @@ class Retention:
     breached: bool = False
 
     @classmethod
-    def load(cls, cfg: RetuneConfig, tok: Any, fmt: Formatter) -> Retention:
+    def load(cls, cfg: RetuneConfig, tok: Tokenizer, fmt: Formatter) -> Retention:
         retain = cfg.retain
         if not task_type(cfg.model.task).has_lm_head and "probe" not in retain.model_fields_set:
             retain = retain.model_copy(update={"probe": None})  # the NLL probe needs a language-model head
         return cls(cfg, tok, fmt, load_retained(retain, cfg.data, cfg.eval, tok, fmt))
 
-    def score(self, model: Any, autocast: Any) -> dict[str, dict]:
+    def score(self, model: Model, autocast: Autocast) -> dict[str, dict]:
         return score_retained(model, self.tok, self.fmt, self.rset, self.cfg.eval, autocast) if self.rset else {}
 
-    def score_base(self, model: Any, autocast: Any) -> dict[str, dict]:
+    def score_base(self, model: Model, autocast: Autocast) -> dict[str, dict]:
         if self.rset:
             names = [r.task.name for r in self.rset.tasks] + (["general-text probe"] if self.rset.probe else [])
             console.print(f"scoring the base model on what it must retain: {', '.join(names)}")
@@ -71,7 +76,7 @@ class Retention:
             out += [p[i] for p in per_task if i < len(p)]
         return out
 
-    def replay_buffer(self, model: Any, autocast: Any) -> list[Encoded]:
+    def replay_buffer(self, model: Model, autocast: Autocast) -> list[Encoded]:
         """The retained tasks' examples to replay (source: data), or the base model's own answers to
         their prompts (source: self); `samples` per task."""
         rc = next((m for m in self.cfg.retention if m.method == "replay"), None)
@@ -87,7 +92,7 @@ class Retention:
                 buffer += [self.fmt.encode_record(r.task.template, x, f"replay {r.task.name} record {i + 1}") for i, x in enumerate(rows)]
         return buffer
 
-    def replay(self, model: Any, train: Any, autocast: Any) -> Any:
+    def replay(self, model: Model, train: TrainData, autocast: Autocast) -> TrainData:
         """The training set (a list, or a function epoch -> list) with replayed examples mixed in at
         the declared share; unchanged without a replay entry."""
         rc = next((m for m in self.cfg.retention if m.method == "replay"), None)
@@ -95,7 +100,7 @@ class Retention:
             return train
         buffer = self.replay_buffer(model, autocast)
         seed = self.cfg.trainer.seed
-        mixed: Any
+        mixed: TrainData
         if callable(train):  # a fresh draw of the buffer each epoch
             source = train
             n = len(source(0))
@@ -110,7 +115,9 @@ class Retention:
         console.print(f"replay: {total - n} of {total} training examples ({100 * (total - n) / max(total, 1):.1f}%) are replayed")
         return mixed
 
-    def regularizers(self, model: Any, pad_id: int, autocast: Any, log: Any, previous: list[Encoded] | None = None) -> list[Regularizer]:
+    def regularizers(
+        self, model: Model, pad_id: int, autocast: Autocast, log: Log, previous: list[Encoded] | None = None
+    ) -> list[Regularizer]:
         methods = [m for m in self.cfg.retention if m.method != "replay"]
         if not methods:
             return []
@@ -122,13 +129,13 @@ class Retention:
 
     # ---------------------------------------------------------------- watching
 
-    def eval_hook(self, ckpt_dir: Path, autocast: Any, log: Any) -> Any:
+    def eval_hook(self, ckpt_dir: Path, autocast: Autocast, log: Log) -> Callable[[Model, LoopState], bool]:
         """Score retention at each evaluation; keep the best weights within trainer.max_forgetting;
         True (stop) on a breach."""
         threshold = self.cfg.trainer.max_forgetting
         self.best_ok, self.breached = None, False  # each fit (each stage) is watched on its own
 
-        def hook(model: Any, state: Any) -> bool:
+        def hook(model: Model, state: LoopState) -> bool:
             if not self.rset:
                 return False
             now = self.score(model, autocast)
@@ -151,7 +158,7 @@ class Retention:
 
         return hook
 
-    def restore_path(self, ckpt_dir: Path, log: Any) -> Path | None:
+    def restore_path(self, ckpt_dir: Path, log: Log) -> Path | None:
         """With max_forgetting: the best evaluated weights that kept every task within it, when the run
         must end on them (a breach, or select: retained); None: keep the weights as they are."""
         if self.cfg.trainer.max_forgetting is None or not (self.breached or self.cfg.trainer.select == "retained"):
