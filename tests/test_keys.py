@@ -60,9 +60,7 @@ def test_prefixes():
     assert all(k.key.startswith("trainer") for k in describe_keys("trainer"))
     with pytest.raises(UsageError) as e:
         describe_keys("trainer.bach_size")
-    assert str(e.value) == (
-        "no config key 'trainer.bach_size' (did you mean 'trainer.batch_size'?); `retune keys` lists every key"
-    )
+    assert str(e.value) == ("no config key 'trainer.bach_size' (did you mean 'trainer.batch_size'?); `retune keys` lists every key")
 
 
 def test_format_keys_one_block_per_key():
