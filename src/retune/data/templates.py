@@ -2,6 +2,15 @@
 
 Two renderings share one code path: a Ludwig-style `{column}` template, optionally wrapped in the
 tokenizer's chat template (`data.format: chat`), or a column of chat messages.
+
+Special tokens, one rule for every path that turns text into ids for a likelihood or a prompt
+(training, validation loss, label likelihood, generation, replay, distillation, the probe, serving,
+chat): text that starts a sequence is tokenized as the tokenizer itself would (`text_ids`): a BOS where
+the tokenizer adds one (Llama 2, Gemma), none where it does not (SmolLM2, Qwen); a chat template's text
+carries its own markers, so it is tokenized without adding any. Text that continues a sequence (a
+response, a label) never gets them. When a prompt is cut to fit data.max_length it loses tokens from
+its left, but a BOS the tokenizer adds stays at position 0: a model trained with BOS never sees a
+sequence without it. The general-text probe is cut on the right, which keeps the BOS too.
 """
 
 from __future__ import annotations
@@ -45,6 +54,19 @@ class Encoded:
     weight: float = 1.0  # the task's loss weight (data.tasks[i].loss_weight)
 
 
+def text_ids(tok: Any, text: str, chat: bool = False) -> list[int]:
+    """The ids of text that starts a sequence, by the module's rule: the tokenizer's own special tokens
+    for plain text, none added for a chat template's text (it carries its own)."""
+    return tok(text, add_special_tokens=not chat).input_ids
+
+
+def adds_bos(tok: Any) -> bool:
+    """Whether the tokenizer puts a BOS in front of plain text."""
+    bos = getattr(tok, "bos_token_id", None)
+    ids = tok("a").input_ids
+    return bos is not None and bool(ids) and ids[0] == bos
+
+
 class Formatter:
     """Turns prompts and responses into token ids exactly the same way for training and scoring."""
 
@@ -53,6 +75,7 @@ class Formatter:
         self.data = data
         self.chat = data.format == "chat" and bool(getattr(tokenizer, "chat_template", None))
         self.cut_responses = 0
+        self.keep = 1 if adds_bos(tokenizer) else 0  # leading tokens a left cut keeps (the tokenizer's BOS)
 
     # -- text
     def prompt_text(self, prompt: str, system: str | None = None, messages: list[dict] | None = None) -> str:
@@ -75,8 +98,7 @@ class Formatter:
 
     # -- ids
     def prompt_ids(self, text: str) -> list[int]:
-        # chat templates already contain the BOS-like markers they need
-        return self.tok(text, add_special_tokens=not self.chat).input_ids
+        return text_ids(self.tok, text, self.chat)
 
     def encode(self, prompt: str, response: str, system: str | None = None, messages: list[dict] | None = None, where: str = "") -> Encoded:
         p = self.prompt_ids(self.prompt_text(prompt, system, messages))
@@ -93,8 +115,8 @@ class Formatter:
                 )
             r = r[:room]
             self.cut_responses += 1
-        if len(p) + len(r) > limit:
-            p = p[len(p) + len(r) - limit :]  # cut the prompt from the left: its end leads into the response
+        if len(p) + len(r) > limit:  # cut the prompt from the left (its end leads into the response), keeping a BOS
+            p = p[: self.keep] + p[len(p) + len(r) - limit + self.keep :]
         labels = (p if self.data.train_on_prompt else [-100] * len(p)) + r
         return Encoded(p + r, list(labels), len(p))
 

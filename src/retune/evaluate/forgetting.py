@@ -11,12 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from retune.config import EvalConfig, RetainConfig
+from retune.config import DataConfig, EvalConfig, RetainConfig
 from retune.data.dataset import TaskData, load_task_config
-from retune.data.templates import Encoded, Formatter
+from retune.data.templates import Encoded, Formatter, text_ids
 from retune.errors import UsageError
 from retune.evaluate import scoring
 from retune.evaluate.task_eval import evaluate_task
+from retune.types import Autocast, Model, Tokenizer
 
 PROBE = "general-text"  # the probe's row in summary.json `retention`
 
@@ -59,16 +60,17 @@ def probe_texts(spec: str, n: int) -> list[str]:
     return [p.strip() for p in path.read_text().split("\n\n") if p.strip()][:n]
 
 
-def encode_plain(tok: Any, texts: list[str], max_length: int) -> list[Encoded]:
-    """Raw text, loss on every token but the first (no template: it measures language, not a task)."""
+def encode_plain(tok: Tokenizer, texts: list[str], max_length: int) -> list[Encoded]:
+    """Raw text, loss on every token but the first (no template: it measures language, not a task).
+    Tokenized as the tokenizer itself does (its BOS where it adds one: data/templates.py); cut on the right."""
     out = []
     for t in texts:
-        ids = tok(t, add_special_tokens=False).input_ids[:max_length]
+        ids = text_ids(tok, t)[:max_length]
         out.append(Encoded(ids, list(ids), 0))
     return out
 
 
-def load_retained(retain: RetainConfig, data_cfg: Any, ev: EvalConfig, tok: Any, fmt: Formatter) -> RetainSet:
+def load_retained(retain: RetainConfig, data_cfg: DataConfig, ev: EvalConfig, tok: Tokenizer, fmt: Formatter) -> RetainSet:
     tasks = []
     for tc in retain.tasks:
         if tc.max_eval_samples is None and retain.max_eval_samples:
@@ -80,7 +82,9 @@ def load_retained(retain: RetainConfig, data_cfg: Any, ev: EvalConfig, tok: Any,
     return RetainSet(tasks, probe)
 
 
-def score_retained(model: Any, tok: Any, fmt: Formatter, rset: RetainSet, ev: EvalConfig, autocast: Any) -> dict[str, dict[str, float]]:
+def score_retained(
+    model: Model, tok: Tokenizer, fmt: Formatter, rset: RetainSet, ev: EvalConfig, autocast: Autocast
+) -> dict[str, dict[str, float]]:
     """{task: {metric: value, val_loss: ...}} for every retained task, plus {PROBE: {nll: ...}}."""
     out: dict[str, dict[str, float]] = {}
     for r in rset.tasks:

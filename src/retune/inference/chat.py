@@ -20,7 +20,7 @@ def chat_loop(
     system: str | None = None,
 ) -> list[dict]:
     """Read a line, answer it with the whole conversation as context, repeat; returns the history."""
-    from retune.data.templates import Formatter
+    from retune.data.templates import Formatter, text_ids
     from retune.evaluate.scoring import generate
     from retune.inference.tuned import load_target
     from retune.session import make_accelerator
@@ -48,7 +48,7 @@ def chat_loop(
         history.append({"role": "user", "content": line})
         prompt = _prompt(fmt, history)
         context = int(getattr(model.config, "max_position_embeddings", 2048))
-        while len(tok(prompt).input_ids) + max_new_tokens > context and len(history) > len(start) + 1:
+        while len(text_ids(tok, prompt, fmt.chat)) + max_new_tokens > context and len(history) > len(start) + 1:
             del history[len(start) : len(start) + 2]  # forget the oldest exchange, keep the system prompt
             prompt = _prompt(fmt, history)
         reply = generate(model, tok, [prompt], max_new_tokens, 1, autocast, add_special_tokens=not fmt.chat, temperature=temperature)[0]

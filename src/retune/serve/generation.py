@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from fastapi.responses import StreamingResponse
 
+from retune.data.templates import text_ids
 from retune.errors import UsageError
 from retune.serve.engine import Engine, Job
 from retune.serve.errors import ApiError, usage_status
@@ -44,7 +45,7 @@ class Generation:
         return await self._respond(job, req.stream, "text")
 
     def _prompt_ids(self, text: str, chat: bool) -> list[int]:
-        return self.registry.tok(text, add_special_tokens=not chat).input_ids  # chat templates carry their own markers
+        return text_ids(self.registry.tok, text, chat)  # the one rule for special tokens (data/templates.py)
 
     def _chat_prompt(self, served: Served, messages: list[Message]) -> tuple[str, bool]:
         msgs = [{"role": "system" if m.role == "developer" else m.role, "content": m.text()} for m in messages]
