@@ -1,4 +1,4 @@
-"""Errors that the CLI turns into one-line messages and exit codes (see DESIGN.md: 0 ok, 2 bad input, 1 other)."""
+"""Errors that the CLI turns into one-line messages and exit codes (0 ok, 2 bad input, 1 other)."""
 
 
 class RetuneError(Exception):

@@ -1,9 +1,9 @@
 """A run directory as a type: the one place that creates one, says whether a folder is one, and
 knows where its parts live.
 
-Layout (DESIGN.md contract): config.yaml (the resolved config), metrics.jsonl, summary.json,
-base_scores.json / base_retention.json (what a resume must not recompute), adapter/ or model/,
-tokenizer/, loss.png, checkpoints/ (one run) or stage-<i>/checkpoints (stages).
+Layout (README, "Using it"): config.yaml (the resolved config), metrics.jsonl, summary.json,
+base_scores.json / base_retention.json (what a resume must not recompute), scores/ (per-example scores),
+adapter/ or model/, tokenizer/, loss.png, checkpoints/ (one run) or stage-<i>/checkpoints (stages).
 
 It depends on the config and on atomic file writes only, so every layer that reads a finished run
 (merge, serve, inference) can use it.
@@ -112,7 +112,7 @@ class RunDir:
         p = self.path / name
         return json.loads(p.read_text()) if p.exists() else None
 
-    def write_json(self, name: str, obj: Any) -> None:
+    def write_json(self, name: str, obj: object) -> None:
         write_json(self.path / name, obj)
 
     def need_model(self) -> Path:

@@ -139,7 +139,7 @@ def load_task_config(tc: TaskConfig, data: DataConfig, ev: EvalConfig) -> TaskDa
                 check_fields(template, rows, where)
 
     labels = tc.labels or (builtin.labels if builtin else None)
-    metric = tc.metric if tc.metric != "auto" else ev.metric
+    metric: str = tc.metric if tc.metric != "auto" else ev.metric
     if metric == "auto":
         metric = builtin.metric if builtin else ("accuracy" if labels else "rouge_l")
     scoring = tc.scoring if tc.scoring != "auto" else ev.scoring

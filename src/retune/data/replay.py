@@ -7,13 +7,19 @@ The buffer carries across stages: each stage adds up to `samples` examples of it
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, TypeVar
 
 from retune.data import mixing
-from retune.data.templates import Encoded
+from retune.data.templates import Encoded, Formatter
+from retune.types import Autocast, Model
+
+if TYPE_CHECKING:
+    from retune.config import TemplateConfig
+
+T = TypeVar("T")
 
 
-def replay_mix(new: list[Any], buffer: list[Any], share: float, seed: int) -> list[Any]:
+def replay_mix(new: list[T], buffer: list[T], share: float, seed: int) -> list[T]:
     """`new` once each, plus buffer examples so that they are `share` of the result (exact up to
     rounding: k = share * n / (1 - share)). Which buffer examples is a seeded draw; repeated only if
     the buffer is smaller than k. The loop shuffles the result like any training set."""
@@ -45,7 +51,7 @@ class ReplayBuffer:
 
 
 def self_replay(
-    model: Any, fmt: Any, template: Any, records: list[dict], max_new_tokens: int, batch_size: int, autocast: Any
+    model: Model, fmt: Formatter, template: TemplateConfig, records: list[dict], max_new_tokens: int, batch_size: int, autocast: Autocast
 ) -> list[Encoded]:
     """Each record's prompt with the base model's own greedy answer in place of the reference, encoded
     for training: replaying them keeps the base behaviour without the original answers."""

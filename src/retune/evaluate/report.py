@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from rich.progress import TaskID
 
 console = Console(stderr=True)
 
@@ -27,7 +30,7 @@ def score_table(title: str, base: dict[str, dict[str, float]] | None, final: dic
     return table
 
 
-def print_scores(title: str, base: Any, final: Any) -> None:
+def print_scores(title: str, base: dict[str, dict[str, float]] | None, final: dict[str, dict[str, float]]) -> None:
     # Human-readable output goes to stderr; stdout stays machine-readable (paths, JSON).
     console.print(score_table(title, base, final))
 
@@ -82,7 +85,7 @@ class LiveProgress:
             disable=not self.tty,
         )
         self.description = description
-        self.task = None
+        self.task: TaskID | None = None  # set by start()
         self.total = 0
 
     def start(self, total: int, done: int = 0) -> None:
@@ -91,6 +94,7 @@ class LiveProgress:
         self.task = self.progress.add_task(self.description, total=total, completed=done, loss="-")
 
     def update(self, step: int, loss: float) -> None:
+        assert self.task is not None, "start() comes first"
         self.progress.update(self.task, completed=step, loss=f"{loss:.4f}")
         if not self.tty and (step % 25 == 0 or step == self.total):
             console.print(f"step {step}/{self.total} loss {loss:.4f}")

@@ -100,8 +100,7 @@ class SandboxResult:
 @dataclass(frozen=True)
 class _Plan:
     prefix: tuple[str, ...]  # the network-namespace wrapper, or ()
-    user: int | None  # uid to run as, or None for retune's own
-    group: int | None
+    ids: tuple[int, int] | None  # (uid, gid) to run as, or None for retune's own
 
 
 def _nobody() -> tuple[int, int] | None:
@@ -121,27 +120,34 @@ def _plan() -> _Plan:
     """The strongest combination of user and network namespace that actually starts Python here."""
     users: list[tuple[int, int] | None] = [u for u in (_nobody(), None) if u] + [None]
     prefixes: list[tuple[str, ...]] = [("unshare", "-rn"), ("unshare", "-n")] if shutil.which("unshare") else []
-    for user in dict.fromkeys(users):
+    for ids in dict.fromkeys(users):
         for prefix in [*prefixes, ()]:
-            kw = {"user": user[0], "group": user[1], "extra_groups": []} if user else {}
+            uid, gid = ids or (None, None)
             try:
                 ok = (
                     subprocess.run(
-                        [*prefix, sys.executable, "-I", "-c", "pass"], cwd="/", env=_env("/"), capture_output=True, timeout=30, **kw
+                        [*prefix, sys.executable, "-I", "-c", "pass"],
+                        cwd="/",
+                        env=_env("/"),
+                        capture_output=True,
+                        timeout=30,
+                        user=uid,
+                        group=gid,
+                        extra_groups=[] if ids else None,
                     ).returncode
                     == 0
                 )
             except (OSError, subprocess.SubprocessError):
                 ok = False
             if ok:
-                return _Plan(prefix, user[0] if user else None, user[1] if user else None)
-    return _Plan((), None, None)
+                return _Plan(prefix, ids)
+    return _Plan((), None)
 
 
 def describe() -> str:
     p = _plan()
     net = "network namespace (" + " ".join(p.prefix) + ") + audit hook" if p.prefix else "audit hook only (no network namespace here)"
-    who = "as nobody" if p.user is not None else "as the current user"
+    who = "as nobody" if p.ids is not None else "as the current user"
     return f"subprocess {who}; network: {net}; rlimits AS/CPU/FSIZE; writes outside a temp dir refused"
 
 
@@ -156,12 +162,23 @@ def run_python(code: str, timeout: float = 10.0, memory_mb: int = 1024, file_mb:
     start = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="retune-sandbox-") as box, tempfile.TemporaryDirectory(prefix="retune-sandbox-out-") as out:
         Path(box, "candidate.py").write_text(code, encoding="utf-8")
-        if plan.user is not None:
-            os.chown(box, plan.user, plan.group)  # the only place the child may write
+        uid, gid = plan.ids or (None, None)
+        if plan.ids is not None:
+            os.chown(box, *plan.ids)  # the only place the child may write
         cmd = [*plan.prefix, sys.executable, "-I", "-B", "-c", RUNNER, box, str(memory_mb << 20), str(int(timeout) + 1), str(file_mb << 20)]
-        kw = {"user": plan.user, "group": plan.group, "extra_groups": []} if plan.user is not None else {}
         with open(Path(out, "stdout"), "w+b") as so, open(Path(out, "stderr"), "w+b") as se:
-            proc = subprocess.Popen(cmd, cwd=box, env=_env(box), stdin=subprocess.PIPE, stdout=so, stderr=se, start_new_session=True, **kw)
+            proc = subprocess.Popen(
+                cmd,
+                cwd=box,
+                env=_env(box),
+                stdin=subprocess.PIPE,
+                stdout=so,
+                stderr=se,
+                start_new_session=True,
+                user=uid,
+                group=gid,
+                extra_groups=[] if plan.ids is not None else None,
+            )
             timed_out = False
             try:
                 proc.communicate(input=(token + "\n").encode(), timeout=timeout)

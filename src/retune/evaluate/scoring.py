@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -10,16 +10,18 @@ from retune.data.batching import collate
 from retune.data.templates import Encoded
 from retune.models.loss import hidden_path, token_nll
 from retune.models.tasks import task_type_of
+from retune.types import Autocast, Model, Tokenizer
 
 
-def mean_nll(model: Any, examples: list[Encoded], pad_id: int, batch_size: int, autocast: Any) -> float:
+def mean_nll(model: Model, examples: list[Encoded], pad_id: int, batch_size: int, autocast: Autocast) -> float:
     total, count = nll_totals(model, examples, pad_id, batch_size, autocast)
     return total / max(count, 1)
 
 
 @torch.no_grad()
-def nll_totals(model: Any, examples: list[Encoded], pad_id: int, batch_size: int, autocast: Any) -> tuple[float, int]:
-    """(summed token NLL, labelled tokens): sums, so that shards scored by several processes add up."""
+def nll_totals(model: Any, examples: list[Encoded], pad_id: int, batch_size: int, autocast: Autocast) -> tuple[float, int]:
+    """(summed token NLL, labelled tokens): sums, so that shards scored by several processes add up.
+    `model` is a Model, or under FSDP / ZeRO-3 the engine's wrapped one (train/loop.py validates with it)."""
     total, count = 0.0, 0
     model.eval()
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))  # less padding
@@ -34,7 +36,7 @@ def nll_totals(model: Any, examples: list[Encoded], pad_id: int, batch_size: int
 
 @torch.no_grad()
 def label_loglik(
-    model: Any, prompts_ids: list[list[int]], label_ids: list[list[int]], pad_id: int, batch_size: int, autocast: Any
+    model: Model, prompts_ids: list[list[int]], label_ids: list[list[int]], pad_id: int, batch_size: int, autocast: Autocast
 ) -> torch.Tensor:
     """(n_prompts, n_labels) summed log-probabilities of each label's tokens after each prompt."""
     model.eval()
@@ -53,7 +55,7 @@ def label_loglik(
 
 
 def _single_token_loglik(
-    model: Any, prompts_ids: list[list[int]], label_tok: list[int], pad_id: int, batch_size: int, autocast: Any
+    model: Model, prompts_ids: list[list[int]], label_tok: list[int], pad_id: int, batch_size: int, autocast: Autocast
 ) -> torch.Tensor:
     """One forward per prompt when every label is one token: the next-token distribution at the
     prompt's last position scores all labels at once (exactly what the general path computes,
@@ -79,12 +81,12 @@ def _single_token_loglik(
 
 @torch.no_grad()
 def generate(
-    model: Any,
-    tok: Any,
+    model: Model,
+    tok: Tokenizer,
     prompts: list[str],
     max_new_tokens: int,
     batch_size: int,
-    autocast: Any,
+    autocast: Autocast,
     add_special_tokens: bool = False,
     stop: list[str] | None = None,
     temperature: float = 0.0,
@@ -104,15 +106,17 @@ def generate(
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     # a decoder-only model returns prompt + new tokens; an encoder-decoder (T5) only the decoder's output
     start_new = not task_type_of(model).encoder_decoder
+    generator: Any = model  # causal LMs and seq2seq models generate (GenerationMixin, or peft's wrapper of one)
     try:
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
             enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
             gen_kwargs.setdefault("do_sample", False)
             with autocast():
-                ids = model.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **gen_kwargs)
+                ids = generator.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **gen_kwargs)
             for j, i in enumerate(idx):
-                outs[i] = cut_at_stop(tok.decode(ids[j, enc["input_ids"].shape[1] * start_new :], skip_special_tokens=True), stop).strip()
+                text = cast(str, tok.decode(ids[j, enc["input_ids"].shape[1] * start_new :], skip_special_tokens=True))  # one row: one str
+                outs[i] = cut_at_stop(text, stop).strip()
     finally:
         tok.padding_side = side
     return outs

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import types
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -253,7 +253,7 @@ def _fold_lora_dropout(module: Any) -> int:
         if not isinstance(drop, torch.nn.Dropout) or drop.p <= 0 or use_dora.get(key) or type(a) is not torch.nn.Linear:
             continue
         a.__class__ = DroppedLinear
-        a.dropout_p = float(drop.p)
+        cast(DroppedLinear, a).dropout_p = float(drop.p)  # the class swap is invisible to the type checker
         drops[key] = torch.nn.Identity()
         n += 1
     return n

@@ -6,7 +6,7 @@ import functools
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -15,6 +15,11 @@ from retune import allocator
 from retune.config import AdapterConfig, ModelConfig, RetuneConfig
 from retune.errors import UsageError
 from retune.models.resolve import resolve_base
+from retune.types import Model, Tokenizer
+
+if TYPE_CHECKING:
+    from peft import PeftConfig
+    from transformers import BitsAndBytesConfig
 
 # peft methods reachable by name (adapter.type) besides the first-class ones; checked against peft at load.
 PEFT_METHODS = {
@@ -57,7 +62,7 @@ def compute_dtype(precision: str) -> torch.dtype:
     return torch.float32
 
 
-def load_tokenizer(path: str, model: ModelConfig | None = None) -> Any:
+def load_tokenizer(path: str, model: ModelConfig | None = None) -> Tokenizer:
     from transformers import AutoTokenizer
 
     try:
@@ -71,7 +76,7 @@ def load_tokenizer(path: str, model: ModelConfig | None = None) -> Any:
     return tok
 
 
-def _quantization(adapter: AdapterConfig) -> Any:
+def _quantization(adapter: AdapterConfig) -> BitsAndBytesConfig | None:
     if adapter.quantization == "none":
         return None
     from transformers import BitsAndBytesConfig
@@ -86,7 +91,7 @@ def _quantization(adapter: AdapterConfig) -> Any:
     )
 
 
-def load_base(cfg: RetuneConfig, path: str | None = None, trainable_full: bool = False, labels: list[str] | None = None) -> Any:
+def load_base(cfg: RetuneConfig, path: str | None = None, trainable_full: bool = False, labels: list[str] | None = None) -> Model:
     """The base model (causal LM, classifier or seq2seq by model.task). Frozen weights in bf16 where that
     is fast; fp32 when every weight is trained. `labels`: the classes of a seq_cls head (default: the config's)."""
     from retune.models.tasks import task_type
@@ -129,7 +134,7 @@ def load_base(cfg: RetuneConfig, path: str | None = None, trainable_full: bool =
     return model
 
 
-def detach_from_checkpoint(model: Any) -> None:
+def detach_from_checkpoint(model: Model) -> None:
     """Copy the weights that were not quantised (embeddings, norms) out of the checkpoint's memory map.
 
     transformers leaves them as views of the mapped safetensors file, which keeps the whole mapping
@@ -147,16 +152,16 @@ def detach_from_checkpoint(model: Any) -> None:
     gc.collect()  # the mapping is freed with the last storage that viewed it
 
 
-def disable_adapter_input_cast(model: Any) -> None:
+def disable_adapter_input_cast(model: Model) -> None:
     """peft casts a layer's input to the adapter's (fp32) dtype before the adapter matmuls; under bf16
     autocast that is a wasted round trip (measured ~20% of a LoRA step on CPU): autocast already
     runs those matmuls in bf16 with fp32 weights as masters."""
     for module in model.modules():
         if hasattr(module, "cast_input_dtype_enabled"):
-            module.cast_input_dtype_enabled = False
+            module.cast_input_dtype_enabled = False  # type: ignore[assignment]  # torch types Module.__setattr__ for tensors and modules only
 
 
-def peft_config(adapter: AdapterConfig, task_type: str = "CAUSAL_LM") -> Any:
+def peft_config(adapter: AdapterConfig, task_type: str = "CAUSAL_LM") -> PeftConfig:
     import peft
 
     kind = adapter.type
@@ -164,7 +169,7 @@ def peft_config(adapter: AdapterConfig, task_type: str = "CAUSAL_LM") -> Any:
     if kind in ("lora", "qlora", "dora"):
         return peft.LoraConfig(
             r=adapter.r,
-            lora_alpha=adapter.alpha,
+            lora_alpha=adapter.alpha,  # type: ignore[arg-type]  # peft annotates int; any number scales alpha / r
             lora_dropout=adapter.dropout,
             target_modules=adapter.target_modules,
             bias=adapter.bias,
@@ -180,7 +185,7 @@ def peft_config(adapter: AdapterConfig, task_type: str = "CAUSAL_LM") -> Any:
             kind
         ]
         return cls(num_virtual_tokens=adapter.num_virtual_tokens, **common)
-    mapping = peft.mapping.PEFT_TYPE_TO_CONFIG_MAPPING
+    mapping = {t.value: cfg for t, cfg in peft.mapping.PEFT_TYPE_TO_CONFIG_MAPPING.items()}  # by name: "LORA", ...
     key = kind.upper()
     if key not in mapping:
         raise UsageError(f"adapter.type '{kind}' is not a peft method (known: full, {', '.join(sorted(m.lower() for m in mapping))})")
@@ -192,7 +197,7 @@ def peft_config(adapter: AdapterConfig, task_type: str = "CAUSAL_LM") -> Any:
         raise UsageError(f"adapter.options for {kind}: {e}") from None
 
 
-def attach_adapter(model: Any, adapter: AdapterConfig, bf16_autocast: bool = False) -> Any:
+def attach_adapter(model: Model, adapter: AdapterConfig, bf16_autocast: bool = False) -> Model:
     """Wrap the base with a fresh peft adapter; the base stays frozen."""
     import peft
 
@@ -210,7 +215,7 @@ def attach_adapter(model: Any, adapter: AdapterConfig, bf16_autocast: bool = Fal
         raise UsageError(f"adapter: {str(e).splitlines()[0]} (check adapter.target_modules)") from None
 
 
-def prepare_for_training(model: Any, cfg: RetuneConfig, bf16_autocast: bool) -> Any:
+def prepare_for_training(model: Model, cfg: RetuneConfig, bf16_autocast: bool) -> Model:
     """Make a loaded base trainable as the config says: all weights, or a fresh adapter."""
     if cfg.adapter.type == "full":
         model.requires_grad_(True)
@@ -229,7 +234,7 @@ def prepare_for_training(model: Any, cfg: RetuneConfig, bf16_autocast: bool) -> 
     return model
 
 
-def load_trained(run_dir: Path, cfg: RetuneConfig) -> Any:
+def load_trained(run_dir: Path, cfg: RetuneConfig) -> Model:
     """The tuned model from a run directory: base + adapter/, or model/ for full fine-tuning."""
     if (run_dir / "model" / "config.json").exists():
         return load_base(cfg, str(run_dir / "model"))
@@ -244,7 +249,7 @@ def load_trained(run_dir: Path, cfg: RetuneConfig) -> Any:
     raise UsageError(f"{run_dir} holds no trained model (no model/ or adapter/); did the run finish? try retune train --resume {run_dir}")
 
 
-def count_params(model: Any) -> tuple[int, int]:
+def count_params(model: Model) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total

@@ -7,7 +7,7 @@ Each method is one file and returns a penalty (see base.py for its life cycle); 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING
 
 from retune.retention.base import Regularizer
 from retune.retention.common import RetentionContext
@@ -15,12 +15,16 @@ from retune.retention.distill import Distillation
 from retune.retention.ewc import EWC
 from retune.retention.l2sp import L2SP
 from retune.retention.si import SI
+from retune.types import Model
+
+if TYPE_CHECKING:
+    from retune.config import RetentionMethod
 
 METHODS: dict[str, type[Regularizer]] = {cls.name: cls for cls in (EWC, SI, L2SP, Distillation)}
 DATA_METHODS = {"replay"}  # mixing sources, not penalties
 
 
-def build(method_cfgs: Sequence[Any], model: Any, ctx: RetentionContext) -> list[Regularizer]:
+def build(method_cfgs: Sequence[RetentionMethod], model: Model, ctx: RetentionContext) -> list[Regularizer]:
     """The regularizers of `retention:` for a model whose adapter is attached (trainable set known),
     prepared on ctx.anchor_data (EWC's Fisher, SI's importance, anchors, the distillation teacher)."""
     regs = [METHODS[c.method].from_config(c) for c in method_cfgs if c.method not in DATA_METHODS]
@@ -30,7 +34,7 @@ def build(method_cfgs: Sequence[Any], model: Any, ctx: RetentionContext) -> list
     return regs
 
 
-def memory_report(method_cfgs: Sequence[Any], model: Any) -> dict[str, float]:
+def memory_report(method_cfgs: Sequence[RetentionMethod], model: Model) -> dict[str, float]:
     """Extra memory each method holds during training, in MB (printed before training)."""
     return {c.method: METHODS[c.method].memory_bytes(model) / 2**20 for c in method_cfgs if c.method in METHODS}
 

@@ -21,6 +21,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
+from retune.types import Model
+
 if TYPE_CHECKING:
     from retune.retention.common import RetentionContext
 
@@ -31,33 +33,34 @@ class Regularizer:
 
     @classmethod
     def from_config(cls, cfg: Any) -> Regularizer:
-        """Build from the method's config section (retune.config.retention)."""
+        """Build from the method's config section (retune.config.retention). Any here: each method
+        takes its own section (EWC an EWCConfig, ...), which a narrower type would forbid."""
         raise NotImplementedError(f"{cls.__name__}.from_config")
 
     @staticmethod
-    def memory_bytes(model: Any) -> int:
+    def memory_bytes(model: Model) -> int:
         """Extra memory the method holds during training (reported before training)."""
         return 0
 
-    def prepare(self, model: Any, ctx: RetentionContext) -> None:
+    def prepare(self, model: Model, ctx: RetentionContext) -> None:
         """Before training, with the adapter attached (the trainable set known): estimate what the
         penalty needs from ctx.anchor_data (what must be kept)."""
 
-    def batch_penalty(self, model: Any, batch: dict[str, torch.Tensor], scale: float) -> torch.Tensor | None:
+    def batch_penalty(self, model: Model, batch: dict[str, torch.Tensor], scale: float) -> torch.Tensor | None:
         """A term for one micro-batch; `scale` is 1 / (labelled tokens in the optimizer step)."""
         return None
 
-    def step_penalty(self, model: Any) -> torch.Tensor | None:
+    def step_penalty(self, model: Model) -> torch.Tensor | None:
         """A term that depends on the parameters only, added once per optimizer step."""
         return None
 
-    def before_step(self, model: Any) -> None:
+    def before_step(self, model: Model) -> None:
         """Called after backward, before the optimizer step."""
 
-    def after_step(self, model: Any) -> None:
+    def after_step(self, model: Model) -> None:
         """Called after the optimizer step."""
 
-    def end_stage(self, model: Any, ctx: RetentionContext) -> None:
+    def end_stage(self, model: Model, ctx: RetentionContext) -> None:
         """A stage of a sequence is done (ctx.anchor_data: its training examples): carry what it
         taught into the next stage's penalty."""
 

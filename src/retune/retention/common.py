@@ -5,20 +5,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
-from typing import Any
 
 import torch
 
 from retune.data.templates import Encoded
+from retune.types import Autocast, Model
 
 
-def trainable(model: Any) -> list[tuple[str, torch.nn.Parameter]]:
+def trainable(model: Model) -> list[tuple[str, torch.nn.Parameter]]:
     """The parameters the optimizer updates: all of them for full fine-tuning, the adapters under
     LoRA / QLoRA. Importance and anchors are kept for these only (the frozen base never moves)."""
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
 
-def snapshot(model: Any) -> dict[str, torch.Tensor]:
+def snapshot(model: Model) -> dict[str, torch.Tensor]:
     """fp32 copies of the trainable parameters (the anchor theta*)."""
     return {n: p.detach().float().clone() for n, p in trainable(model)}
 
@@ -36,6 +36,6 @@ class RetentionContext:
     """
 
     pad_id: int
-    autocast: Callable[[], Any] = nullcontext
+    autocast: Autocast = nullcontext
     anchor_data: list[Encoded] = field(default_factory=list)
     log: Callable[[dict], None] = lambda row: None

@@ -14,8 +14,9 @@ retention examples, at their response positions (what the model must still say t
 from __future__ import annotations
 
 import copy
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, cast
 
 import torch
 import torch.nn.functional as F
@@ -25,13 +26,19 @@ from retune.data.templates import Encoded
 from retune.models.loss import CHUNK, hidden_path
 from retune.retention.base import Regularizer
 from retune.retention.common import RetentionContext
+from retune.types import Model
+
+if TYPE_CHECKING:
+    from peft import PeftModel
+
+    from retune.config import DistillConfig
 
 
-def is_peft(model: Any) -> bool:
+def is_peft(model: Model) -> bool:
     return hasattr(model, "disable_adapter") and bool(getattr(model, "peft_config", None))
 
 
-def position_logits(model: Any, batch: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+def position_logits(model: Model, batch: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
     """(N, V) logits of the next-token predictions at mask (B, T-1) positions, in fp32."""
     path = hidden_path(model)
     if path is None:
@@ -61,7 +68,7 @@ class Distillation(Regularizer):
         on: tuple[str, ...] = ("retain",),
         batch_size: int = 4,
         samples: int | None = None,
-        teacher: Any = None,
+        teacher: Model | None = None,
         positions: str = "all",
     ):
         self.weight, self.temperature, self.on, self.batch_size = weight, temperature, tuple(on), batch_size
@@ -69,14 +76,14 @@ class Distillation(Regularizer):
         self.data: list[Encoded] = []
         self.pad_id = 0
         self.cursor = 0  # next retention example (checkpointed: resume sees the same batches)
-        self.teacher: Any = teacher  # None: the base (adapters off, or a frozen copy made in prepare)
+        self.teacher = teacher  # None: the base (adapters off, or a frozen copy made in prepare)
         self.positions = positions  # on new batches: all non-pad positions, or the response only
 
     @classmethod
-    def from_config(cls, cfg: Any) -> Distillation:
+    def from_config(cls, cfg: DistillConfig) -> Distillation:
         return cls(cfg.weight, cfg.temperature, tuple(cfg.prompts), cfg.batch_size, cfg.samples)
 
-    def prepare(self, model: Any, ctx: RetentionContext) -> None:
+    def prepare(self, model: Model, ctx: RetentionContext) -> None:
         """The retention prompts (ctx.anchor_data), and the teacher."""
         self.pad_id = ctx.pad_id
         self.data = self._first(ctx.anchor_data)
@@ -84,7 +91,7 @@ class Distillation(Regularizer):
             # full fine-tuning: a frozen copy of the starting weights is the teacher
             self.teacher = copy.deepcopy(model).eval().requires_grad_(False)
 
-    def end_stage(self, model: Any, ctx: RetentionContext) -> None:
+    def end_stage(self, model: Model, ctx: RetentionContext) -> None:
         """The finished stage's examples join the retention prompts (the teacher stays the base)."""
         self.data = self.data + self._first(ctx.anchor_data)
 
@@ -92,26 +99,26 @@ class Distillation(Regularizer):
         return list(examples[: self.samples] if self.samples else examples)
 
     @staticmethod
-    def memory_bytes(model: Any) -> int:
+    def memory_bytes(model: Model) -> int:
         if is_peft(model):
             return 0
         return sum(p.numel() * p.element_size() for p in model.parameters())
 
     @contextmanager
-    def _teacher(self, model: Any):
+    def _teacher(self, model: Model) -> Iterator[Model]:
         if self.teacher is not None:
             with torch.no_grad():
                 yield self.teacher
         else:
-            with torch.no_grad(), model.disable_adapter():
+            with torch.no_grad(), cast("PeftModel", model).disable_adapter():  # no teacher of its own: a peft model (prepare)
                 yield model
 
-    def _kl(self, model: Any, batch: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
+    def _kl(self, model: Model, batch: dict[str, torch.Tensor], mask: torch.Tensor) -> torch.Tensor:
         with self._teacher(model) as teacher:
             t = position_logits(teacher, batch, mask)
         return kl_sum(position_logits(model, batch, mask), t, self.temperature)
 
-    def batch_penalty(self, model: Any, batch: dict[str, torch.Tensor], scale: float) -> torch.Tensor | None:
+    def batch_penalty(self, model: Model, batch: dict[str, torch.Tensor], scale: float) -> torch.Tensor | None:
         if self.weight == 0:
             return None
         total = None

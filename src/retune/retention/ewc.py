@@ -11,7 +11,7 @@ so memory stays two copies of the trainable parameters however many stages there
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -21,9 +21,13 @@ from retune.models.loss import token_nll
 from retune.retention.base import Regularizer
 from retune.retention.common import RetentionContext, nbytes, snapshot, trainable
 from retune.train.distributed import all_reduce_sum
+from retune.types import Autocast, Model
+
+if TYPE_CHECKING:
+    from retune.config import EWCConfig
 
 
-def diagonal_fisher(model: Any, examples: list[Encoded], pad_id: int, autocast: Any) -> dict[str, torch.Tensor]:
+def diagonal_fisher(model: Model, examples: list[Encoded], pad_id: int, autocast: Autocast) -> dict[str, torch.Tensor]:
     """mean_n (d log p(y_n | x_n) / d theta)^2 over the trainable parameters, one sample at a time
     (a batch gradient squared would be the square of a mean, not the mean of squares)."""
     params = trainable(model)
@@ -59,23 +63,23 @@ class EWC(Regularizer):
         self.anchor: dict[str, torch.Tensor] = {}
 
     @classmethod
-    def from_config(cls, cfg: Any) -> EWC:
+    def from_config(cls, cfg: EWCConfig) -> EWC:
         return cls(cfg.weight, cfg.samples, cfg.gamma, cfg.normalize)
 
     @staticmethod
-    def memory_bytes(model: Any) -> int:
+    def memory_bytes(model: Model) -> int:
         """F and theta*: two fp32 copies of the trainable parameters (reported before training)."""
         return 2 * sum(p.numel() for _, p in trainable(model)) * 4
 
-    def prepare(self, model: Any, ctx: RetentionContext) -> None:
+    def prepare(self, model: Model, ctx: RetentionContext) -> None:
         """F of the retained tasks (ctx.anchor_data) at the starting weights."""
         self.consolidate(model, ctx)
 
-    def end_stage(self, model: Any, ctx: RetentionContext) -> None:
+    def end_stage(self, model: Model, ctx: RetentionContext) -> None:
         """Online EWC: add the finished stage's F and anchor at its end weights."""
         self.consolidate(model, ctx)
 
-    def consolidate(self, model: Any, ctx: RetentionContext) -> None:
+    def consolidate(self, model: Model, ctx: RetentionContext) -> None:
         """Estimate F on the old task's samples (ctx.anchor_data) and anchor at the current weights (online update)."""
         data = ctx.anchor_data[: self.samples]
         if not data:
@@ -93,7 +97,7 @@ class EWC(Regularizer):
             }
         )
 
-    def step_penalty(self, model: Any) -> torch.Tensor | None:
+    def step_penalty(self, model: Model) -> torch.Tensor | None:
         if not self.fisher or self.weight == 0:
             return None
         total = None

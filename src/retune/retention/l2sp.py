@@ -8,12 +8,16 @@ adapter under LoRA) and moved to each stage's end weights by `end_stage` across 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
 from retune.retention.base import Regularizer
 from retune.retention.common import RetentionContext, snapshot, trainable
+from retune.types import Model
+
+if TYPE_CHECKING:
+    from retune.config import L2SPConfig
 
 
 class L2SP(Regularizer):
@@ -24,26 +28,30 @@ class L2SP(Regularizer):
         self.anchor: dict[str, torch.Tensor] = {}
 
     @classmethod
-    def from_config(cls, cfg: Any) -> L2SP:
+    def from_config(cls, cfg: L2SPConfig) -> L2SP:
         return cls(cfg.weight)
 
     @staticmethod
-    def memory_bytes(model: Any) -> int:
+    def memory_bytes(model: Model) -> int:
         return sum(p.numel() for _, p in trainable(model)) * 4
 
-    def prepare(self, model: Any, ctx: RetentionContext | None = None) -> None:
+    def prepare(self, model: Model, ctx: RetentionContext | None = None) -> None:
         """theta_0: the weights training starts from."""
         self.anchor = snapshot(model)
 
-    def end_stage(self, model: Any, ctx: RetentionContext | None = None) -> None:
+    def end_stage(self, model: Model, ctx: RetentionContext | None = None) -> None:
         """Re-anchor at the finished stage's end weights."""
         self.anchor = snapshot(model)
 
-    def step_penalty(self, model: Any) -> torch.Tensor | None:
+    def step_penalty(self, model: Model) -> torch.Tensor | None:
         if not self.anchor or self.weight == 0:
             return None
-        total = sum(((p.float() - self.anchor[n]) ** 2).sum() for n, p in trainable(model) if n in self.anchor)
-        return 0.5 * self.weight * total
+        total = None
+        for n, p in trainable(model):
+            if n in self.anchor:
+                term = ((p.float() - self.anchor[n]) ** 2).sum()
+                total = term if total is None else total + term
+        return None if total is None else 0.5 * self.weight * total
 
     def state_dict(self) -> dict:
         return {"anchor": self.anchor}

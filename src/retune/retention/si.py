@@ -15,7 +15,7 @@ g is the gradient the loop back-propagated (the task loss plus any penalties of 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -23,6 +23,10 @@ from retune.data.batching import collate
 from retune.models.loss import token_nll
 from retune.retention.base import Regularizer
 from retune.retention.common import RetentionContext, snapshot, trainable
+from retune.types import Model
+
+if TYPE_CHECKING:
+    from retune.config import SIConfig
 
 
 class SI(Regularizer):
@@ -48,25 +52,25 @@ class SI(Regularizer):
         self._grad: dict[str, torch.Tensor] = {}
 
     @classmethod
-    def from_config(cls, cfg: Any) -> SI:
+    def from_config(cls, cfg: SIConfig) -> SI:
         return cls(cfg.weight, cfg.damping, cfg.warmup_steps, cfg.warmup_lr, normalize=cfg.normalize)
 
     @staticmethod
-    def memory_bytes(model: Any) -> int:
+    def memory_bytes(model: Model) -> int:
         return 6 * sum(p.numel() for _, p in trainable(model)) * 4  # Omega, anchor, omega, start, prev, grad
 
-    def begin(self, model: Any) -> None:
+    def begin(self, model: Model) -> None:
         """Start a stage's path integral at the current weights."""
         self.start = snapshot(model)
         self._prev = {n: t.clone() for n, t in self.start.items()}
         self.omega = {n: torch.zeros_like(t) for n, t in self.start.items()}
 
-    def before_step(self, model: Any) -> None:
+    def before_step(self, model: Model) -> None:
         if not self.omega:
             self.begin(model)
         self._grad = {n: p.grad.detach().float().clone() for n, p in trainable(model) if p.grad is not None}
 
-    def after_step(self, model: Any) -> None:
+    def after_step(self, model: Model) -> None:
         with torch.no_grad():
             for n, p in trainable(model):
                 now = p.detach().float()
@@ -75,15 +79,15 @@ class SI(Regularizer):
                 self._prev[n] = now.clone()
         self._grad = {}
 
-    def prepare(self, model: Any, ctx: RetentionContext) -> None:
+    def prepare(self, model: Model, ctx: RetentionContext) -> None:
         """Importance of the retained tasks (ctx.anchor_data), from a short path walked and undone."""
         self.estimate(model, ctx)
 
-    def end_stage(self, model: Any, ctx: RetentionContext) -> None:
+    def end_stage(self, model: Model, ctx: RetentionContext) -> None:
         """The finished stage's path integral becomes importance (eq. 5); the next stage starts its own."""
         self.consolidate(model)
 
-    def consolidate(self, model: Any) -> None:
+    def consolidate(self, model: Model) -> None:
         """End of a stage: fold the path integral into Omega and anchor at the current weights."""
         if not self.omega:
             return
@@ -96,7 +100,7 @@ class SI(Regularizer):
         self.scale = 1.0 / max(_mean(self.importance), 1e-30) if self.normalize else 1.0
         self.begin(model)
 
-    def estimate(self, model: Any, ctx: RetentionContext) -> None:
+    def estimate(self, model: Model, ctx: RetentionContext) -> None:
         """Importance of the retention data with no earlier stage: a short SGD path, then undo it."""
         data = ctx.anchor_data
         if not data or self.warmup_steps == 0:
@@ -130,11 +134,15 @@ class SI(Regularizer):
         self.begin(model)
         ctx.log({"event": "si_estimated", "steps": self.warmup_steps, "importance_mean": _mean(self.importance)})
 
-    def step_penalty(self, model: Any) -> torch.Tensor | None:
+    def step_penalty(self, model: Model) -> torch.Tensor | None:
         if not self.importance or self.weight == 0:
             return None
-        total = sum((self.importance[n] * (p.float() - self.anchor[n]) ** 2).sum() for n, p in trainable(model) if n in self.importance)
-        return self.weight * self.scale * total
+        total = None
+        for n, p in trainable(model):
+            if n in self.importance:
+                term = (self.importance[n] * (p.float() - self.anchor[n]) ** 2).sum()
+                total = term if total is None else total + term
+        return None if total is None else self.weight * self.scale * total
 
     def state_dict(self) -> dict:
         return {

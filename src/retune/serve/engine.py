@@ -97,7 +97,8 @@ class Engine:
             if self.stopping:
                 return []
             first = self.pending.popleft()
-            batch, rest = [first], collections.deque()
+            batch = [first]
+            rest: collections.deque[Job] = collections.deque()
             while self.pending:
                 job = self.pending.popleft()
                 (batch if job.key() == first.key() and len(batch) < self.max_batch else rest).append(job)

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from retune.errors import UsageError
 from retune.io import replace_dir, staging_dir
+from retune.types import Model
 
 
 @dataclass
@@ -34,11 +35,11 @@ class LoopState:
     stopped_early: bool = False
 
 
-def trainable_state(model: Any) -> dict[str, torch.Tensor]:
+def trainable_state(model: Model) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
-def load_trainable(model: Any, tensors: dict[str, torch.Tensor]) -> None:
+def load_trainable(model: Model, tensors: dict[str, torch.Tensor]) -> None:
     params = dict(model.named_parameters())
     missing = [n for n, p in params.items() if p.requires_grad and n not in tensors]
     if missing:
@@ -48,14 +49,14 @@ def load_trainable(model: Any, tensors: dict[str, torch.Tensor]) -> None:
             params[n].copy_(t)
 
 
-def save_weights(path: Path, model: Any) -> None:
+def save_weights(path: Path, model: Model) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(trainable_state(model), str(tmp))
     tmp.replace(path)
 
 
 def save_checkpoint(
-    ckpt_root: Path, model: Any, optimizer: Any, scheduler: Any, state: LoopState, keep: int, extra: dict | None = None
+    ckpt_root: Path, model: Model, optimizer: Any, scheduler: Any, state: LoopState, keep: int, extra: dict | None = None
 ) -> Path:
     """`extra`: state of retention methods (e.g. SI's running importance), saved as it is."""
     final = ckpt_root / f"step-{state.step:07d}"
@@ -76,7 +77,7 @@ def latest_checkpoint(ckpt_root: Path) -> Path | None:
     return done[-1] if done else None
 
 
-def load_checkpoint(path: Path, model: Any, optimizer: Any, scheduler: Any) -> tuple[LoopState, dict]:
+def load_checkpoint(path: Path, model: Model, optimizer: Any, scheduler: Any) -> tuple[LoopState, dict]:
     try:
         load_trainable(model, load_file(str(path / "trainable.safetensors")))
         opt = torch.load(path / "optimizer.pt", weights_only=False)

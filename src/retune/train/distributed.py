@@ -18,12 +18,16 @@ import os
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import torch
 import torch.distributed as dist
 
 from retune.errors import UsageError
+from retune.types import Accelerator
+
+if TYPE_CHECKING:
+    from retune.config import TrainerConfig
 
 T = TypeVar("T")
 
@@ -115,10 +119,11 @@ def main_first(fn: Callable[[], T]) -> T:
 
 def agree(make: Callable[[], T]) -> T:
     """Rank 0 makes the value (e.g. creates the run directory); every rank gets it."""
-    return broadcast_object(make() if is_main() else None)
+    # only rank 0 makes the value; the None the others send is replaced by rank 0's
+    return cast(T, broadcast_object(make() if is_main() else None))
 
 
-def grad_scale(accelerator: Any) -> float:
+def grad_scale(accelerator: Accelerator) -> float:
     """Factor on the loss before backward so that N processes make the update of one.
 
     retune's loss is a global sum (each rank's share is normalised by the labelled tokens of the
@@ -131,7 +136,7 @@ def grad_scale(accelerator: Any) -> float:
     return scale
 
 
-def check_engine(accelerator: Any, cfg: Any) -> bool:
+def check_engine(accelerator: Accelerator, cfg: TrainerConfig) -> bool:
     """True under DeepSpeed, after checking that the config suits it: DeepSpeed steps the optimizer
     inside each backward, so each process must make exactly one backward per step."""
     if getattr(accelerator.state, "deepspeed_plugin", None) is None:
@@ -144,7 +149,7 @@ def check_engine(accelerator: Any, cfg: Any) -> bool:
     return True
 
 
-def params_sharded(accelerator: Any) -> bool:
+def params_sharded(accelerator: Accelerator) -> bool:
     """FSDP and ZeRO-3 split the weights across ranks: every rank must take part in each forward."""
     kind = str(accelerator.distributed_type)
     if kind.endswith("FSDP"):

@@ -25,6 +25,7 @@ from retune.retention.base import Regularizer
 from retune.train import distributed as dist
 from retune.train.checkpoint import LoopState, latest_checkpoint, load_checkpoint, load_trainable, save_checkpoint, save_weights
 from retune.train.optim import make_optimizer, make_scheduler, total_steps
+from retune.types import Accelerator, Model
 
 
 @dataclass
@@ -51,7 +52,7 @@ class Hooks:
     log: Callable[[dict], None] = _noop  # every metrics row (the loop calls it on rank 0 only)
     on_start: Callable[[int, int], None] = _noop  # (total_steps, steps_already_done)
     on_step: Callable[[LoopState, StepResult], None] = _noop  # after each optimizer step (progress bars)
-    on_eval: Callable[[Any, LoopState], bool] = _never  # after each validation (rank 0's answer is broadcast); True stops
+    on_eval: Callable[[Model, LoopState], bool] = _never  # after each validation (rank 0's answer is broadcast); True stops
     on_end: Callable[[], None] = _noop  # once on_start was called: always, also on error / Ctrl-C
 
 
@@ -60,10 +61,10 @@ class _Run:
     """What stays fixed through one `fit`: the prepared model and optimizer, and where things go."""
 
     model: Any  # as the engine wrapped it (DDP, FSDP, DeepSpeed) or the model itself
-    plain: Any  # unwrapped: what regularizers and checkpoints see (no DDP forward of their own)
-    optimizer: Any
+    plain: Model  # unwrapped: what regularizers and checkpoints see (no DDP forward of their own)
+    optimizer: Any  # torch's, or DeepSpeed's own (check_engine)
     scheduler: Any
-    accelerator: Any
+    accelerator: Accelerator
     grad_scale: float  # the engines average gradients over processes; retune's loss is a sum
     cfg: TrainerConfig
     pad_id: int
@@ -72,12 +73,12 @@ class _Run:
 
 
 def fit(
-    model: Any,
+    model: Model,
     train: list[Encoded] | Callable[[int], list[Encoded]],
     val: list[Encoded] | dict[str, list[Encoded]],
     cfg: TrainerConfig,
     pad_id: int,
-    accelerator: Any,
+    accelerator: Accelerator,
     ckpt_dir: Path,
     regularizers: Sequence[Regularizer] = (),
     hooks: Hooks | None = None,
@@ -245,18 +246,18 @@ def _labelled(e: Encoded) -> int:
 
 
 def _prepare(
-    model: Any, cfg: TrainerConfig, steps: int, accelerator: Any, pad_id: int, regularizers: Sequence[Regularizer], ckpt_dir: Path
+    model: Model, cfg: TrainerConfig, steps: int, accelerator: Accelerator, pad_id: int, regularizers: Sequence[Regularizer], ckpt_dir: Path
 ) -> _Run:
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg, steps)
-    model, optimizer = accelerator.prepare(model, optimizer)
+    wrapped, optimizer = accelerator.prepare(model, optimizer)
     # Data parallelism (docs/distributed.md): the config's global batch is split across processes, so
     # N processes make the update of one and a checkpoint resumes under any process count.
     grad_scale = dist.grad_scale(accelerator)
     if dist.check_engine(accelerator, cfg):  # DeepSpeed swapped in its own optimizer: schedule that one
         scheduler = make_scheduler(optimizer, cfg, steps)
-    plain = accelerator.unwrap_model(model)
-    return _Run(model, plain, optimizer, scheduler, accelerator, grad_scale, cfg, pad_id, regularizers, ckpt_dir)
+    plain = accelerator.unwrap_model(wrapped)
+    return _Run(wrapped, plain, optimizer, scheduler, accelerator, grad_scale, cfg, pad_id, regularizers, ckpt_dir)
 
 
 def _resume(run: _Run, ckpt: Path) -> LoopState:
@@ -284,7 +285,7 @@ def _load_best(run: _Run, state: LoopState, log: Callable[[dict], None]) -> None
 
 
 def _validate(
-    run: _Run, val: list[Encoded] | dict[str, list[Encoded]], state: LoopState, on_eval: Callable[[Any, LoopState], bool], log: Callable
+    run: _Run, val: list[Encoded] | dict[str, list[Encoded]], state: LoopState, on_eval: Callable[[Model, LoopState], bool], log: Callable
 ) -> None:
     """Validation loss (pooled, and per task when there are several); best weights; early stopping."""
     groups = val if isinstance(val, dict) else {"": val}

@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from retune.config import TrainerConfig
+from retune.types import Model
 
 
 def total_steps(cfg: TrainerConfig, n_examples: int) -> int:
@@ -17,7 +18,7 @@ def total_steps(cfg: TrainerConfig, n_examples: int) -> int:
     return max(1, math.ceil(cfg.epochs * per_epoch))
 
 
-def make_optimizer(model: Any, cfg: TrainerConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: Model, cfg: TrainerConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise RuntimeError("the model has no trainable parameters; check adapter.type and adapter.target_modules")
