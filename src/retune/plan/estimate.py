@@ -204,34 +204,22 @@ def lean_layer_bytes(s: Shape, method: str, seq: int, lora_dropout: bool, eager:
     return per_tok + (0 if eager else 2 * a)
 
 
-def estimate(cfg: RetuneConfig, shape: Shape | None = None, batch: Batch | None = None, rules: Rules | None = None) -> Plan:
-    """The predicted peak memory of `retune train cfg`, in parts."""
-    s = shape or model_shape(cfg)
-    b = batch or batch_shape(cfg)
-    r = rules or Rules.for_config(cfg)
-    method = "full" if cfg.adapter.type == "full" else ("qlora" if cfg.adapter.quantization in ("nf4", "fp4") else "lora")
-    int8 = cfg.adapter.quantization == "int8"
-    notes: list[str] = []
-    P, V, h = s.params, s.vocab, s.hidden
-
-    # weights
+def _weights(s: Shape, r: Rules, method: str, int8: bool) -> tuple[float, int]:
+    """(bytes of the model's weights as trained, trainable parameters)."""
+    P = s.params
     if method == "full":
-        weights: float = 4 * P if r.autocast or r.act_bytes == 4 else 2 * P
-        trainable = P
-    elif method == "qlora" or int8:
+        return (4 * P if r.autocast or r.act_bytes == 4 else 2 * P), P
+    if method == "qlora" or int8:
         q = NF4_BYTES if method == "qlora" else 1.0 + 4 / 64  # int8 codes + row scales (approximate)
         rest = r.frozen_bytes if r.autocast else 4  # without bf16 autocast, k-bit preparation casts the rest to fp32
-        weights = q * s.quantisable + rest * (P - s.adapter - s.quantisable)
-        trainable = s.adapter
-    else:
-        weights = r.frozen_bytes * (P - s.adapter)
-        trainable = s.adapter
-    adapter = 4 * s.adapter if method != "full" else 0.0
-    grads = 4 * trainable
-    optimizer = 8 * trainable
+        return q * s.quantisable + rest * (P - s.adapter - s.quantisable), s.adapter
+    return r.frozen_bytes * (P - s.adapter), s.adapter
 
-    # activations: every layer's saved tensors (or, with checkpointing, each layer's input plus one
-    # layer recomputed in the backward), the final norm, the encoder for seq2seq
+
+def _activations(cfg: RetuneConfig, s: Shape, b: Batch, r: Rules, method: str) -> float:
+    """Every layer's saved tensors (or, with checkpointing, each layer's input plus one layer
+    recomputed in the backward), the final norm, the encoder for seq2seq."""
+    h = s.hidden
     tokens = b.size * b.seq_len
     per_layer = layer_activation_bytes(s, method, r, tokens, b.seq_len, cfg.adapter.dropout > 0, s.dropout)
     resid = (4 if method in ("full", "qlora") or not r.autocast else 2) * h
@@ -247,24 +235,25 @@ def estimate(cfg: RetuneConfig, shape: Shape | None = None, batch: Batch | None 
         act = s.layers * resid * tokens + per_layer
     else:
         act = s.layers * per_layer
-    act += enc + 8 * h * tokens  # final norm
+    return act + enc + 8 * h * tokens  # final norm
 
-    # loss: logits of one chunk of labelled rows, dh of every labelled row, and for a trainable head
-    # its fp32 gradient plus a bf16 copy of an fp32 head
+
+def _logits(s: Shape, b: Batch, r: Rules, method: str) -> float:
+    """The loss: logits of one chunk of labelled rows, dh of every labelled row, and for a trainable
+    head its fp32 gradient plus a bf16 copy of an fp32 head."""
+    V, h = s.vocab, s.hidden
+    if not r.chunked_ce:  # HF loss: fp32 logits of every position, their softmax and gradient
+        return 3 * 4 * b.size * b.seq_len * V
     rows = min(b.labelled, CE_CHUNK)
     head_trainable = method == "full"
     head_fp32 = method == "full" or (method == "qlora" and not r.autocast) or r.frozen_bytes == 4
-    if r.chunked_ce:
-        chunk = (
-            rows * V * (r.act_bytes + 2 if r.compiled_ce and V >= 8192 else 24)
-        )  # compiled: logits + gradient; eager: ~6 fp32 temporaries
-        logits = chunk + b.labelled * h * r.act_bytes + (4 * V * h if head_trainable else 0)
-        logits += 2 * V * h if head_fp32 and r.autocast else 0
-    else:  # HF loss: fp32 logits of every position, their softmax and gradient
-        logits = 3 * 4 * b.size * b.seq_len * V
-    # autocast keeps a bf16 copy of each fp32 weight it casts, until the backward frees it
-    cast_cache = 2 * s.quantisable if method == "full" and r.autocast else 0.0
+    chunk = rows * V * (r.act_bytes + 2 if r.compiled_ce and V >= 8192 else 24)  # compiled: logits + gradient; eager: ~6 fp32 temporaries
+    logits = chunk + b.labelled * h * r.act_bytes + (4 * V * h if head_trainable else 0)
+    return logits + (2 * V * h if head_fp32 and r.autocast else 0)
 
+
+def _retention(cfg: RetuneConfig, method: str, trainable: int, weights: float, notes: list[str]) -> tuple[float, float]:
+    """(bytes the retention methods keep, bytes of a distillation teacher)."""
     retention, teacher = 0.0, 0.0
     per_method = {"ewc": 2, "l2sp": 1, "si": 6}  # fp32 copies of the trainable parameters (retention/*.py)
     for m in cfg.retention:
@@ -274,6 +263,37 @@ def estimate(cfg: RetuneConfig, shape: Shape | None = None, batch: Batch | None 
             teacher = weights  # a frozen copy of the model; under adapters the base itself (adapters off)
     if any(m.method == "distill" for m in cfg.retention):
         notes.append("distillation's extra forward (teacher logits) is not modelled")
+    return retention, teacher
+
+
+def _malloc_notes(r: Rules, b: Batch) -> list[str]:
+    notes = []
+    if r.malloc == "system" and r.alloc_overhead is None:
+        notes.append("malloc: the system's (glibc); with tcmalloc (apt-get install libtcmalloc-minimal4) the peak is lower")
+    elif r.malloc == "jemalloc" and r.alloc_overhead is None:
+        notes.append("malloc: jemalloc, not calibrated: glibc's allocator slack assumed (an upper bound)")
+    if b.source == "assumed":
+        notes.append(f"data not readable here: assumed every row is {b.seq_len} tokens")
+    return notes
+
+
+def estimate(cfg: RetuneConfig, shape: Shape | None = None, batch: Batch | None = None, rules: Rules | None = None) -> Plan:
+    """The predicted peak memory of `retune train cfg`, in parts."""
+    s = shape or model_shape(cfg)
+    b = batch or batch_shape(cfg)
+    r = rules or Rules.for_config(cfg)
+    method = "full" if cfg.adapter.type == "full" else ("qlora" if cfg.adapter.quantization in ("nf4", "fp4") else "lora")
+    notes: list[str] = []
+    P, V, h = s.params, s.vocab, s.hidden
+    weights, trainable = _weights(s, r, method, cfg.adapter.quantization == "int8")
+    adapter = 4 * s.adapter if method != "full" else 0.0
+    grads = 4 * trainable
+    optimizer = 8 * trainable
+    act = _activations(cfg, s, b, r, method)
+    logits = _logits(s, b, r, method)
+    # autocast keeps a bf16 copy of each fp32 weight it casts, until the backward frees it
+    cast_cache = 2 * s.quantisable if method == "full" and r.autocast else 0.0
+    retention, teacher = _retention(cfg, method, trainable, weights, notes)
 
     compile_mb = r.compile_mb if V >= 8192 and r.chunked_ce else 0.0
     ckpt = s.ckpt_bytes * (P - s.adapter)
@@ -303,11 +323,6 @@ def estimate(cfg: RetuneConfig, shape: Shape | None = None, batch: Batch | None 
         "retention": retention / MB,
         "teacher": teacher / MB,
     }
-    if r.malloc == "system" and r.alloc_overhead is None:
-        notes.append("malloc: the system's (glibc); with tcmalloc (apt-get install libtcmalloc-minimal4) the peak is lower")
-    elif r.malloc == "jemalloc" and r.alloc_overhead is None:
-        notes.append("malloc: jemalloc, not calibrated: glibc's allocator slack assumed (an upper bound)")
-    if b.source == "assumed":
-        notes.append(f"data not readable here: assumed every row is {b.seq_len} tokens")
+    notes += _malloc_notes(r, b)
     shape_d = {"batch_size": b.size, "seq_len": b.seq_len, "labelled_rows": b.labelled, "source": b.source}
     return Plan(parts, phases[phase], phase, phases, shape_d, notes)
