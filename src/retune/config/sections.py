@@ -133,6 +133,10 @@ class EvalConfig(_Strict):
     batch_size: int = Field(16, ge=1)
     """Examples per forward pass when scoring tasks (label likelihoods, generation, their validation
     loss): memory and speed, not the scores."""
+    likelihood_fp32: bool = True
+    """Label likelihoods with fp32 weights and no autocast, whatever the training precision: the same
+    predictions on every CPU / GPU kind (bf16 logits tie or nearly tie on many prompts, and each kernel
+    rounds them its own way). false: score in the training precision (faster, but kernel-dependent)."""
     before: bool = True
     """Score the base model before training (needed for the base-vs-tuned comparison)."""
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any, cast
 
 import torch
@@ -34,11 +36,42 @@ def nll_totals(model: Any, examples: list[Encoded], pad_id: int, batch_size: int
     return total, count
 
 
+@contextlib.contextmanager
+def fp32_weights(model: Model) -> Iterator[None]:
+    """The model's bf16 / fp16 weights (and buffers) in fp32 for the duration, then back, bit for bit
+    (every bf16 value is exact in fp32). Quantised weights (int8 / 4-bit storage) are left alone."""
+    low = [t for t in (*model.parameters(), *model.buffers()) if t.dtype in (torch.bfloat16, torch.float16)]
+    dtypes = [t.dtype for t in low]
+    for t in low:
+        t.data = t.data.float()
+    try:
+        yield
+    finally:
+        for t, dt in zip(low, dtypes, strict=True):
+            t.data = t.data.to(dt)
+
+
 @torch.no_grad()
 def label_loglik(
-    model: Model, prompts_ids: list[list[int]], label_ids: list[list[int]], pad_id: int, batch_size: int, autocast: Autocast
+    model: Model,
+    prompts_ids: list[list[int]],
+    label_ids: list[list[int]],
+    pad_id: int,
+    batch_size: int,
+    autocast: Autocast,
+    fp32: bool = True,
 ) -> torch.Tensor:
-    """(n_prompts, n_labels) summed log-probabilities of each label's tokens after each prompt."""
+    """(n_prompts, n_labels) summed log-probabilities of each label's tokens after each prompt.
+
+    fp32 (default): scored with fp32 weights and no autocast, whatever the training precision. In bf16
+    the logits are rounded to 1/8 nat or coarser: on the quickstart's 600 reviews the base model's two
+    labels tied exactly on 98 (argmax then says the first label) and 261 were within one bf16 step, so
+    another bf16 kernel path (oneDNN's AVX512_CORE or AVX2 instead of AVX512-BF16) moved 35-44
+    predictions and the base score by up to 2 points. In fp32 the smallest margin there is 4e-4 nats
+    against kernel differences of 2e-5 (eval batch 1 vs 16)."""
+    if fp32:
+        with fp32_weights(model):
+            return label_loglik(model, prompts_ids, label_ids, pad_id, batch_size, contextlib.nullcontext, fp32=False)
     model.eval()
     if all(len(ids) == 1 for ids in label_ids):
         return _single_token_loglik(model, prompts_ids, [ids[0] for ids in label_ids], pad_id, batch_size, autocast)

@@ -47,7 +47,7 @@ def predict(
         # each label encoded exactly as a training response would be (chat suffix and all)
         label_ids = [_resp_ids(fmt, label) for label in task.labels]
         prompt_ids = [fmt.prompt_ids(p) for p in prompts]
-        ll = scoring.label_loglik(model, prompt_ids, label_ids, tok.pad_token_id, ev.batch_size, autocast)
+        ll = scoring.label_loglik(model, prompt_ids, label_ids, tok.pad_token_id, ev.batch_size, autocast, fp32=ev.likelihood_fp32)
         preds = [task.labels[i] for i in ll.argmax(dim=1).tolist()]
     else:
         preds = scoring.generate(
