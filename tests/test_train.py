@@ -214,3 +214,5 @@ def test_every_score_has_its_interval_and_per_example_file(tmp_path, tiny_model,
     rows = [json.loads(line) for line in (run_dir / "scores" / "train-tuned.jsonl").read_text().splitlines()]
     assert len(rows) == 24 and sum(r["accuracy"] for r in rows) / 24 == pytest.approx(tuned["mean"])
     assert all(r["accuracy"] == float(r["prediction"] == r["reference"]) for r in rows)
+    _, s2 = _train(tmp_path, tiny_model, tiny_data, name="ci2")
+    assert len(s["tasks"]["train"]["data_sha256"]) == 64 and s["tasks"]["train"]["data_sha256"] == s2["tasks"]["train"]["data_sha256"]

@@ -84,6 +84,17 @@ def tracker_config(d: object, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d if isinstance(d, int | float | str | bool) else str(d)}
 
 
+def data_hash(task: Any) -> str:
+    """A content hash of a task's train, validation and test records as the run read them: two runs
+    (or two machines) scored the same data exactly when their hashes agree. Built-ins read from the
+    machine (debian-descriptions comes from apt's lists) can drift; this shows when they did."""
+    import hashlib
+    import json
+
+    blob = json.dumps([task.train, task.validation, task.test], sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
@@ -328,6 +339,7 @@ class Session:
                 "share": share.get(i),
                 "loss_weight": t.loss_weight,
                 "n_test": len(t.test),
+                "data_sha256": data_hash(t),
             }
             for i, t in enumerate(prep.tasks)
         }
