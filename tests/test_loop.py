@@ -73,7 +73,9 @@ def test_grad_accumulation_1x8_equals_8x1_with_loss_weights(tmp_path, tiny_model
     assert [r["step"] for r in _train_rows(big_rows)] == [1, 2, 3, 4]
     for b, s in zip(_train_rows(big_rows), _train_rows(small_rows), strict=True):
         for key in ("loss", "penalty/l2sp", "penalty/distill"):
-            assert s[key] == pytest.approx(b[key], abs=1e-5), (b["step"], key)
+            # fp32 sums in another order, then Adam at lr 1e-2: equal to ~1e-5 relative (a wrong
+            # normalisation would be off by a factor, not a digit in the sixth place)
+            assert s[key] == pytest.approx(b[key], rel=5e-5, abs=1e-5), (b["step"], key)
         assert s["tokens"] == b["tokens"]
     big_w, small_w = dict(trainable(big)), dict(trainable(small))
     for n in big_w:
