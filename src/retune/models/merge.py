@@ -18,16 +18,14 @@ import torch
 
 from retune.errors import UsageError
 from retune.io import replace_dir, staging_dir, write_json
+from retune.rundir import RunDir
 
 OutDtype = Literal["auto", "bf16", "fp32"]
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 def _check_run(run_dir: Path) -> None:
-    if not run_dir.is_dir() or not (run_dir / "config.yaml").exists():
-        raise UsageError(f"{run_dir} is not a run directory (no config.yaml); give the folder that retune train printed")
-    if not (run_dir / "adapter").exists() and not (run_dir / "model" / "config.json").exists():
-        raise UsageError(f"{run_dir} holds no trained model (no adapter/ or model/); did the run finish?")
+    RunDir.open(run_dir).need_model()  # one line naming what is missing: not a run, or no saved model
 
 
 def output_dtype(cfg: Any, dtype: OutDtype) -> torch.dtype:
