@@ -325,6 +325,7 @@ def test_retain_and_every_method_in_one_run(tmp_path, tiny_model, tiny_data):
     for row in s["retention"].values():
         assert row["delta"] == pytest.approx(row["final"] - row["base"])
     assert (run_dir / "base_retention.json").exists()
+    assert set(s["retention_data"]) == {"repeat", "general-text"} and all(len(h) == 64 for h in s["retention_data"].values())
     from helpers import read_metrics
 
     logged = read_metrics(run_dir)

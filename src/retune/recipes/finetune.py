@@ -53,6 +53,7 @@ def run(cfg: RetuneConfig, resumed: RunDir | None = None) -> tuple[RunDir, dict[
         final=final,
         retention=retained,
         retention_history=s.retention.history,
+        retention_data=s.retained_data(),
         uncertainty=uncertainty(run_dir, names, "base", "tuned"),
         train=s.train_stats([state], model),
     )

@@ -92,6 +92,7 @@ def run(cfg: RetuneConfig) -> tuple[RunDir, dict[str, Any]]:
         final=scores[-1],
         retention=retained,
         retention_history=s.retention.history,
+        retention_data=s.retained_data(),
         uncertainty=uncertainty(run_dir, names, "base", f"stage-{len(names)}"),
         stages={"tasks": names, "R": R, "baseline": baseline, **seq, "matrix_png": "matrix.png"},
         train=s.train_stats(states, model),

@@ -18,6 +18,8 @@ It imports nothing above train/ (recipes and the CLI sit on top of it).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import resource
 import time
@@ -32,6 +34,7 @@ from retune import allocator
 from retune.config import RetuneConfig, TaskConfig, TrainerConfig
 from retune.data.templates import Encoded
 from retune.errors import UsageError
+from retune.evaluate.forgetting import PROBE
 from retune.evaluate.report import LiveProgress, console, plot_loss
 from retune.evaluate.task_eval import score_task, scoring_mode
 from retune.io import append_jsonl, replace_dir, staging_dir
@@ -88,9 +91,6 @@ def data_hash(task: Any) -> str:
     """A content hash of a task's train, validation and test records as the run read them: two runs
     (or two machines) scored the same data exactly when their hashes agree. Built-ins read from the
     machine (debian-descriptions comes from apt's lists) can drift; this shows when they did."""
-    import hashlib
-    import json
-
     blob = json.dumps([task.train, task.validation, task.test], sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -231,6 +231,15 @@ class Session:
         if not (self.retention.rset and dist.is_main()):
             return {}
         return self.retention.summary(self.retention.score(model, self.autocast))
+
+    def retained_data(self) -> dict[str, str]:
+        """summary.json `retention_data`: a content hash of each retained task's records and of the
+        probe's token ids, so two runs' forgetting numbers can be checked to rest on the same data."""
+        rset = self.retention.rset
+        out = {r.task.name: data_hash(r.task) for r in rset.tasks}
+        if rset.probe:
+            out[PROBE] = hashlib.sha256(json.dumps([e.input_ids for e in rset.probe]).encode()).hexdigest()
+        return out
 
     # ---------------------------------------------------------------- training
 
