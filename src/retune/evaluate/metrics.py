@@ -12,7 +12,8 @@ def normalise(text: str) -> str:
 
 
 def accuracy(preds: list[str], refs: list[str]) -> float:
-    return sum(normalise(p) == normalise(r) for p, r in zip(preds, refs, strict=True)) / max(1, len(refs))
+    scores = _matches(preds, refs)
+    return sum(scores) / max(1, len(scores))
 
 
 exact_match = accuracy  # same comparison; named separately because configs and reports use both words
@@ -43,9 +44,8 @@ def bleu(preds: list[str], refs: list[str]) -> float:
 
 def syntax_valid(preds: list[str], refs: list[str] | None = None) -> float:
     """Share of predictions that parse as Python (as a module or as a function body)."""
-    from retune.evaluate.code import is_valid_python
-
-    return sum(map(is_valid_python, preds)) / max(1, len(preds))
+    scores = _syntax_each(preds)
+    return sum(scores) / max(1, len(scores))
 
 
 def code(preds: list[str], refs: list[str]) -> dict[str, float]:

@@ -81,18 +81,14 @@ class TaskScores:
     predictions: Predictions
 
 
-# metrics whose value is the mean of per-example scores that cost a sandbox run each: computed once
-PER_EXAMPLE_METRICS = {"pass_at_1"}
-
-
 def score_task(
     model: Model, tok: Tokenizer, fmt: Formatter, task: TaskData, val_examples: list[Encoded], ev: EvalConfig, autocast: Autocast
 ) -> TaskScores:
     pred = predict(model, tok, fmt, task, task.test, ev, autocast)
     each = metrics.per_example_scores(task.metric, pred.predictions, pred.references, records=task.test)
-    if task.metric in PER_EXAMPLE_METRICS:
+    if metrics.SENTENCE_LEVEL.isdisjoint(each):  # the metric is the mean of its examples: no second pass (sandbox, ROUGE)
         scores = {k: sum(v) / max(len(v), 1) for k, v in each.items()}
-    else:
+    else:  # corpus chrF / BLEU pool n-gram counts over the test set
         scores = metrics.compute(task.metric, pred.predictions, pred.references, records=task.test)
     nll = scoring.mean_nll(model, val_examples, tok.pad_token_id, ev.batch_size, autocast)
     row = {**scores, "val_loss": nll, "perplexity": metrics.perplexity(nll), "n_test": len(task.test)}

@@ -15,6 +15,7 @@ from retune import allocator
 from retune.config import AdapterConfig, ModelConfig, RetuneConfig
 from retune.errors import UsageError
 from retune.models.resolve import resolve_base
+from retune.rundir import RunDir
 from retune.types import Model, Tokenizer
 
 if TYPE_CHECKING:
@@ -236,17 +237,15 @@ def prepare_for_training(model: Model, cfg: RetuneConfig, bf16_autocast: bool) -
 
 def load_trained(run_dir: Path, cfg: RetuneConfig) -> Model:
     """The tuned model from a run directory: base + adapter/, or model/ for full fine-tuning."""
-    if (run_dir / "model" / "config.json").exists():
-        return load_base(cfg, str(run_dir / "model"))
-    if (run_dir / "adapter").exists():
-        import peft
+    import peft
 
-        base = load_base(cfg)
-        try:
-            return peft.PeftModel.from_pretrained(base, run_dir / "adapter")
-        except (OSError, ValueError, RuntimeError, SafetensorError) as e:
-            raise UsageError(f"{run_dir}/adapter is corrupt or does not match the base model: {str(e).splitlines()[0]}") from None
-    raise UsageError(f"{run_dir} holds no trained model (no model/ or adapter/); did the run finish? try retune train --resume {run_dir}")
+    found = RunDir(run_dir).need_model()
+    if found.name == "model":
+        return load_base(cfg, str(found))
+    try:
+        return peft.PeftModel.from_pretrained(load_base(cfg), found)
+    except (OSError, ValueError, RuntimeError, SafetensorError) as e:
+        raise UsageError(f"{run_dir}/adapter is corrupt or does not match the base model: {str(e).splitlines()[0]}") from None
 
 
 def count_params(model: Model) -> tuple[int, int]:

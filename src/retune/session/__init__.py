@@ -8,7 +8,7 @@ saving the model and summary.json. A recipe is a short sequence over it:
     prep = s.prepare()                     # data + retained sets: bad input fails here, before any folder
     model = s.load_model(labels)
     s.open_run()                           # run directory (rank 0 makes it), accelerator, trackers
-    base = s.score_base(model, prep)
+    base = s.score_base(model)
     model = s.attach(model)                # adapter (or full fine-tuning)
     model, state = s.fit(model, train, val, ckpt_dir, regularizers)
     final = s.score(model, "tuned model", "tuned"); s.save_model(model); s.finish(summary)
@@ -87,12 +87,17 @@ def tracker_config(d: object, prefix: str = "") -> dict[str, Any]:
     return {prefix[:-1]: d if isinstance(d, int | float | str | bool) else str(d)}
 
 
-def data_hash(task: Any) -> str:
-    """A content hash of a task's train, validation and test records as the run read them: two runs
-    (or two machines) scored the same data exactly when their hashes agree. Built-ins read from the
-    machine (debian-descriptions comes from apt's lists) can drift; this shows when they did."""
-    blob = json.dumps([task.train, task.validation, task.test], sort_keys=True, ensure_ascii=False, default=str)
+def content_hash(obj: object) -> str:
+    """sha256 of a JSON-able value: two runs (or two machines) used the same data exactly when their
+    hashes agree. Built-ins read from the machine (debian-descriptions comes from apt's lists) can
+    drift; this shows when they did."""
+    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def data_hash(task: Any) -> str:
+    """A task's train, validation and test records as the run read them."""
+    return content_hash([task.train, task.validation, task.test])
 
 
 def peak_rss_mb() -> float:
@@ -238,7 +243,7 @@ class Session:
         rset = self.retention.rset
         out = {r.task.name: data_hash(r.task) for r in rset.tasks}
         if rset.probe:
-            out[PROBE] = hashlib.sha256(json.dumps([e.input_ids for e in rset.probe]).encode()).hexdigest()
+            out[PROBE] = content_hash([e.input_ids for e in rset.probe])
         return out
 
     # ---------------------------------------------------------------- training

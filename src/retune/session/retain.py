@@ -60,11 +60,9 @@ class Retention:
 
     # ---------------------------------------------------------------- mitigations
 
-    def anchor_data(self, previous: list[Encoded] | None = None) -> list[Encoded]:
-        """Examples of what must be kept: the previous stage's task if any, else the retained tasks'
-        training examples, interleaved so that any prefix covers every task."""
-        if previous:
-            return list(previous)
+    def anchor_data(self) -> list[Encoded]:
+        """Examples of what must be kept before the first stage: the retained tasks' training examples,
+        interleaved so that any prefix covers every task (later stages anchor through end_stage)."""
         per_task = []
         for r in self.rset.tasks:
             rows = r.task.train or r.task.validation
@@ -115,16 +113,14 @@ class Retention:
         console.print(f"replay: {total - n} of {total} training examples ({100 * (total - n) / max(total, 1):.1f}%) are replayed")
         return mixed
 
-    def regularizers(
-        self, model: Model, pad_id: int, autocast: Autocast, log: Log, previous: list[Encoded] | None = None
-    ) -> list[Regularizer]:
+    def regularizers(self, model: Model, pad_id: int, autocast: Autocast, log: Log) -> list[Regularizer]:
         methods = [m for m in self.cfg.retention if m.method != "replay"]
         if not methods:
             return []
         mem = memory_report(methods, model)
         console.print("retention methods: " + ", ".join(f"{k} (+{v:.0f} MB)" for k, v in mem.items()))
         log({"event": "retention_memory_mb", **mem})
-        ctx = RetentionContext(pad_id=pad_id, autocast=autocast, anchor_data=self.anchor_data(previous), log=log)
+        ctx = RetentionContext(pad_id=pad_id, autocast=autocast, anchor_data=self.anchor_data(), log=log)
         return build(methods, model, ctx)
 
     # ---------------------------------------------------------------- watching
