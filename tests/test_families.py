@@ -183,3 +183,54 @@ def test_qlora_llama(tiny_data, tmp_path):
     _, run_dir, s = _train(tmp_path, model, tiny_data, "qlora", adapter=adapter, trainer={"max_steps": 5})
     assert s["status"] == "completed"
     assert (run_dir / "adapter" / "adapter_model.safetensors").exists()
+
+
+def test_scores_are_the_models_own_loss(family):
+    """The probe's NLL and label likelihoods equal the model's own loss, whatever the family does to its
+    logits (Gemma 2 soft-caps them): weights scaled up so that capping matters."""
+    import contextlib
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from retune.evaluate import scoring
+    from retune.evaluate.forgetting import encode_plain
+    from retune.models.load import load_tokenizer
+
+    _, folder = family
+    tok = load_tokenizer(str(folder))
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        model.get_output_embeddings().weight.mul_(40)  # logits of tens: tanh(x / 30) * 30 is far from x
+    text = "the film was truly superb and the plot moving"
+    ex = encode_plain(tok, [text], 64)
+    ids = torch.tensor([ex[0].input_ids])
+    with torch.no_grad():
+        ref = float(model(input_ids=ids, labels=ids).loss)
+    assert scoring.mean_nll(model, ex, tok.pad_token_id, 4, contextlib.nullcontext) == pytest.approx(ref, abs=1e-4)
+    prompt, label = ex[0].input_ids[:5], ex[0].input_ids[5:7]
+    with torch.no_grad():
+        whole = torch.tensor([prompt + label])
+        want = -float(model(input_ids=whole, labels=torch.tensor([[-100] * 5 + label])).loss) * 2
+        want1 = -float(model(input_ids=whole[:, :6], labels=torch.tensor([[-100] * 5 + label[:1]])).loss)
+    got = scoring.label_loglik(model, [prompt], [label, label[:1]], tok.pad_token_id, 4, contextlib.nullcontext)
+    assert got[0, 0].item() == pytest.approx(want, abs=1e-3) and got[0, 1].item() == pytest.approx(want1, abs=1e-3)
+    single = scoring.label_loglik(model, [prompt], [label[:1], label[1:]], tok.pad_token_id, 4, contextlib.nullcontext)
+    assert single[0, 0].item() == pytest.approx(want1, abs=1e-3)
+
+
+def test_fast_paths_are_reported_per_family(family):
+    """Said once per run: the lean layers that apply to the family, and whether the fused head does."""
+    from transformers import AutoModelForCausalLM
+
+    from retune.config import validate
+    from retune.models.load import path_report, prepare_for_training
+
+    name, folder = family
+    cfg = validate({"model": {"base": str(folder)}, "adapter": {"type": "lora", "target_modules": "all-linear"}})
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    report = path_report(prepare_for_training(model, cfg, bf16_autocast=False))
+    assert report.startswith(model.config.model_type + ": "), report
+    lean = name in ("llama", "mistral", "qwen2", "qwen3", "phi3")  # RMSNorm (and SwiGLU) classes models/lean.py knows
+    assert ("rmsnorm x" in report) == lean and ("stock layers" in report) == (not lean), report
+    assert ("stock head" in report) == (name == "gemma2"), report  # Gemma 2 soft-caps its logits in its own forward

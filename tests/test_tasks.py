@@ -250,7 +250,8 @@ def test_scoring_default_by_task_type():
     from types import SimpleNamespace
 
     ev = SimpleNamespace(scoring="auto")
-    labelled, free = SimpleNamespace(scoring="auto", labels=["a", "b"]), SimpleNamespace(scoring="auto", labels=None)
+    labelled = SimpleNamespace(scoring="auto", labels=["a", "b"], choices=None)
+    free = SimpleNamespace(scoring="auto", labels=None, choices=None)
     assert [CAUSAL_LM.scoring(labelled, ev), CAUSAL_LM.scoring(free, ev)] == ["likelihood", "generate"]
     assert [SEQ2SEQ.scoring(labelled, ev), SEQ_CLS.scoring(free, ev)] == ["generate", "classifier"]
     chosen = SimpleNamespace(scoring="generate")  # eval.scoring wins over the default, not over a classifier head

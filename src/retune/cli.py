@@ -197,12 +197,25 @@ def keys(prefix: Annotated[str | None, typer.Argument(help="Only keys under this
 
 @app.command("eval")
 @command
-def eval_(target: Annotated[str, typer.Argument(help="A run directory, or a config (scores its base model)")], set_: SetOpt = None) -> None:
-    """Score a tuned run (or a config's base model) on its task."""
+def eval_(
+    target: Annotated[str, typer.Argument(help="A run directory, or a config (scores its base model)")],
+    set_: SetOpt = None,
+    lm_eval: Annotated[str | None, typer.Option("--lm-eval", help="lm-evaluation-harness tasks, comma-separated (retune[lmeval])")] = None,
+    include: Annotated[str | None, typer.Option("--include", help="--lm-eval: a folder of your own task YAMLs")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="--lm-eval: documents per task")] = None,
+) -> None:
+    """Score a tuned run (or a config's base model) on its tasks and what it must retain, with 95% intervals."""
     _quiet_libraries()
+    from retune.config import LmEvalConfig
     from retune.inference.tuned import evaluate
 
-    print(json.dumps(evaluate(target, set_), indent=2))
+    harness = None
+    if lm_eval is not None:
+        names = [t.strip() for t in lm_eval.split(",") if t.strip()]
+        if not names or (limit is not None and limit < 1):
+            raise UsageError("--lm-eval needs task names (e.g. --lm-eval hellaswag,arc_easy) and --limit a positive count")
+        harness = [LmEvalConfig(task=t, limit=limit, include_path=include) for t in names]
+    print(json.dumps(evaluate(target, set_, harness), indent=2))
 
 
 @app.command()

@@ -89,7 +89,17 @@ class TaskDataConfig(_Strict):
     max_train_samples: int | None = Field(None, ge=1)
     """Use only the first N training records (deterministic order)."""
     max_eval_samples: int | None = Field(None, ge=1)
-    """Cap on validation and test examples (the first N in deterministic order)."""
+    """Cap on validation and test examples (the first N in deterministic order; for mmlu and mmlu-cloze
+    any such prefix is stratified by topic)."""
+    choices: list[str] | None = None
+    """Columns holding each option's text, for multiple-choice tasks scored as cloze: the option whose
+    text has the highest likelihood per character after the prompt is the prediction, compared with
+    the response. Default: the built-in's (mmlu-cloze: answer_a ... answer_d)."""
+    shots: int = Field(0, ge=0)
+    """k-shot prompts: each scored prompt is preceded by k solved examples from the task's training
+    split (the built-in's train split for an evaluation-only task: mmlu's carved pool of 5 per topic),
+    the first k of the same group (mmlu: topic) where the data has groups. A paragraph every prompt
+    opens with (mmlu's header) is written once. 0: zero-shot."""
 
 
 # the data keys that describe one task: with data.tasks, each task has its own
@@ -108,8 +118,9 @@ class TaskConfig(TaskDataConfig):
     pass_at_1 (runs generated code against tests in a sandbox). auto: eval.metric, else the
     built-in's metric, else accuracy with labels, ROUGE-L without."""
     scoring: Scoring = "auto"
-    """likelihood: the label with the highest log-probability; generate: decoding (greedy unless
-    eval.temperature > 0). auto: eval.scoring, else likelihood with labels, generate without."""
+    """likelihood: the label with the highest log-probability; cloze: the option of `choices` with the
+    highest log-probability per character; generate: decoding (greedy unless eval.temperature > 0).
+    auto: eval.scoring, else cloze with choices, likelihood with labels, generate without."""
     weight: float | None = Field(None, gt=0)
     """Sampling share in the training mix (data.mixing: fractions); shares are normalised to sum to 1."""
     loss_weight: float = Field(1.0, ge=0)

@@ -90,6 +90,21 @@ class ReplayConfig(_Strict):
 RetentionMethod = Annotated[EWCConfig | SIConfig | L2SPConfig | DistillConfig | ReplayConfig, Field(discriminator="method")]
 
 
+class LmEvalConfig(_Strict):
+    """A task of EleutherAI's lm-evaluation-harness scored as a retained task (`pip install 'retune[lmeval]'`)."""
+
+    task: str
+    """The harness's task name (e.g. hellaswag, arc_easy), or one of your own task YAMLs in include_path."""
+    limit: int | None = Field(None, ge=1)
+    """Score only the first N documents."""
+    num_fewshot: int | None = Field(None, ge=0)
+    """Few-shot examples per prompt. Default: the task's own."""
+    include_path: str | None = None
+    """A folder of task YAMLs (a custom task over a local JSONL works offline; hub tasks need a network)."""
+    metric: str | None = None
+    """The headline metric of the task's results. Default: the first of acc_norm, acc, exact_match, f1."""
+
+
 class RetainConfig(_Strict):
     """What the model must keep knowing: scored on the base model, at every evaluation, and at the end."""
 
@@ -103,6 +118,9 @@ class RetainConfig(_Strict):
     """Paragraphs of probe text scored."""
     max_eval_samples: int | None = Field(100, ge=1)
     """Default cap on each retained task's test examples (a task's own max_eval_samples wins)."""
+    lm_eval: list[LmEvalConfig] = []
+    """lm-evaluation-harness tasks scored like retained tasks (per-document scores, paired intervals),
+    e.g. [{task: hellaswag, limit: 500}]."""
 
 
 class StageConfig(_Strict):

@@ -111,7 +111,7 @@ class AdapterConfig(_Strict):
 
 
 Metric = Literal["auto", "accuracy", "exact_match", "rouge_l", "chrf", "bleu", "syntax_valid", "code", "pass_at_1"]
-Scoring = Literal["auto", "likelihood", "generate"]
+Scoring = Literal["auto", "likelihood", "generate", "cloze"]
 
 
 class EvalConfig(_Strict):
@@ -122,8 +122,9 @@ class EvalConfig(_Strict):
     else accuracy when labels are known, otherwise ROUGE-L. Also: exact_match, chrf, bleu,
     syntax_valid, code, pass_at_1."""
     scoring: Scoring = "auto"
-    """likelihood: pick the label with the highest log-probability; generate: decoding (greedy by
-    default). auto: likelihood for label tasks, generate otherwise."""
+    """likelihood: pick the label with the highest log-probability; cloze: the option (a task's
+    `choices` columns) with the highest log-probability per character; generate: decoding (greedy by
+    default). auto: cloze for tasks with choices, likelihood for label tasks, generate otherwise."""
     max_new_tokens: int = Field(64, ge=1)
     """Default generation length (a task's `max_new_tokens` wins)."""
     temperature: float = Field(0.0, ge=0)
@@ -204,6 +205,10 @@ class TrainerConfig(_Strict):
     """Largest drop allowed on any `retain:` task, in its metric's points (0-100; the probe in NLL
     nats x 100). Checked at every evaluation (needs eval_every): a breach stops training and the run
     rolls back to the best evaluated weights that kept every retained task within it."""
+    forgetting_test: Literal["point", "significant"] = "point"
+    """How max_forgetting (and select: retained) judges a retained task. point: its measured drop is
+    over max_forgetting; significant: the whole paired 95% interval of the drop is (the loss is over the
+    threshold beyond sampling noise; max_forgetting may then be 0.001 for "no significant loss")."""
     select: Literal["val_loss", "retained"] = "val_loss"
     """Which evaluated weights end the run (load_best_at_end). val_loss: the lowest validation loss;
     retained: the lowest validation loss among evaluations where every retained task is within

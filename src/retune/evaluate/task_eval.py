@@ -49,6 +49,8 @@ def predict(
         prompt_ids = [fmt.prompt_ids(p) for p in prompts]
         ll = scoring.label_loglik(model, prompt_ids, label_ids, tok.pad_token_id, ev.batch_size, autocast, fp32=ev.likelihood_fp32)
         preds = [task.labels[i] for i in ll.argmax(dim=1).tolist()]
+    elif mode == "cloze":
+        preds = _cloze(model, fmt, task, records, prompts, ev, autocast)
     else:
         preds = scoring.generate(
             model,
@@ -63,6 +65,31 @@ def predict(
             top_p=ev.top_p,
         )
     return Predictions(prompts, preds, refs)
+
+
+def _cloze(
+    model: Model, fmt: Formatter, task: TaskData, records: list[dict], prompts: list[str], ev: EvalConfig, autocast: Autocast
+) -> list[str]:
+    """Each record's option (its `choices` columns) with the highest log-probability per character of
+    the option's text (lm-evaluation-harness's acc_norm), each option encoded as a response would be."""
+    if not task.choices:
+        raise UsageError(f"task {task.name}: cloze scoring needs the columns of the options (choices: [col_a, col_b, ...])")
+    options = [[str(r[c]) for c in task.choices] for r in records]
+    ll = scoring.option_loglik(
+        model,
+        [fmt.prompt_ids(p) for p in prompts],
+        [[_resp_ids(fmt, _continuation(fmt, o)) for o in opts] for opts in options],
+        fmt.tok.pad_token_id,
+        ev.batch_size,
+        autocast,
+        fp32=ev.likelihood_fp32,
+    )
+    return [opts[max(range(len(opts)), key=lambda j: s[j] / max(len(opts[j]), 1))] for opts, s in zip(options, ll, strict=True)]
+
+
+def _continuation(fmt: Formatter, text: str) -> str:
+    # plain text continues the prompt after a space ("Answer: Paris"); a chat reply starts its own turn
+    return text if fmt.chat else " " + text
 
 
 def _resp_ids(fmt: Formatter, label: str) -> list[int]:

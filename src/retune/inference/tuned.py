@@ -6,21 +6,28 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from retune.config import RetuneConfig, load_config
+from retune.config import LmEvalConfig, RetuneConfig, load_config
 from retune.data.dataset import load_task
 from retune.data.templates import Formatter
+from retune.evaluate.forgetting import score_retained
 from retune.evaluate.report import print_scores
+from retune.evaluate.task_eval import score_task
 from retune.io import write_text
 from retune.models.load import load_base, load_tokenizer
 from retune.models.resolve import resolve_base
+from retune.models.tasks import task_type_of
 from retune.rundir import RunDir, is_run_dir
 from retune.session import Session, load_run, make_accelerator, setup_torch
 from retune.session.prepare import prepare_data
+from retune.session.retain import Retention
+from retune.session.uncertainty import intervals, print_intervals
 from retune.types import Model, Tokenizer
 
 
-def evaluate(target: str, overrides: list[str] | None = None) -> dict:
-    """Re-score a run directory's tuned model, or a config's base model, on the config's tasks."""
+def evaluate(target: str, overrides: list[str] | None = None, lm_eval: list[LmEvalConfig] | None = None) -> dict:
+    """Re-score a run directory's tuned model, or a config's base model, on the config's tasks and
+    what it must retain (retain: tasks, lm_eval tasks, the probe), each with its 95% interval.
+    `lm_eval`: harness tasks scored in place of the config's retain.lm_eval."""
     run = RunDir(Path(target)) if is_run_dir(target) else None
     if run is not None:
         cfg, model, tok = load_run(run, overrides)
@@ -29,12 +36,29 @@ def evaluate(target: str, overrides: list[str] | None = None) -> dict:
         setup_torch(cfg)
         model_path = resolve_base(cfg.model.base)
         model, tok = load_base(cfg, model_path), load_tokenizer(model_path, cfg.model)
+    if lm_eval is not None:
+        cfg = cfg.model_copy(update={"retain": cfg.retain.model_copy(update={"lm_eval": lm_eval})})
     s = Session(cfg, "", accelerator=make_accelerator(cfg))
-    s.prep = prepare_data(cfg, tok)
-    scores = s.score(model, "tuned model" if run else "base model", "eval")
+    prep = s.prep = prepare_data(cfg, tok)
+    scores: dict = {}
+    examples: dict[str, dict[str, list[float]]] = {}
+    for task, val in zip(prep.tasks, prep.task_val, strict=True):
+        scored = score_task(model, tok, prep.fmt, task, val, cfg.eval, s.autocast)
+        scores[task.name], examples[task.name] = scored.row, scored.examples
+    if not task_type_of(model).has_lm_head:  # the probe needs an LM head (a run's config.yaml may spell out the default)
+        cfg = cfg.model_copy(update={"retain": cfg.retain.model_copy(update={"probe": None})})
+    retained = score_retained(model, tok, prep.fmt, Retention.load(cfg, tok, prep.fmt).rset, cfg.eval, s.autocast)
+    for name, row in retained.rows.items():  # the retain: tasks and the probe, scored the same way
+        scores[name] = {**row, "role": "retained"}
+        # retained tasks: every metric per example; the probe and harness tasks: their headline metric
+        examples[name] = retained.scored[name].examples if name in retained.scored else {next(iter(row)): retained.examples[name]}
+    for name, per in intervals(examples).items():
+        scores[name]["intervals"] = per
     if run is not None:
         run.write_json("eval.json", scores)
-    print_scores(", ".join(scores), None, scores)
+    plain = {k: {m: v for m, v in row.items() if m not in ("intervals", "role")} for k, row in scores.items()}
+    print_scores(", ".join(scores), None, plain)
+    print_intervals("with 95% intervals (points; nll: nats)", None, intervals(examples), {})
     return scores
 
 

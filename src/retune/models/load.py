@@ -227,7 +227,7 @@ def prepare_for_training(model: Model, cfg: RetuneConfig, bf16_autocast: bool) -
     if cfg.trainer.lean_activations:
         from retune.models import lean
 
-        lean.apply(model)
+        setattr(model, "retune_lean", lean.apply(model))  # noqa: B010 (a plain attribute on a Module: what path_report says)
     if cfg.trainer.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.adapter.type != "full":
@@ -252,3 +252,17 @@ def count_params(model: Model) -> tuple[int, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return trainable, total
+
+
+def path_report(model: Model) -> str:
+    """Which of retune's fast paths a prepared model runs, said once per run: the lean layers that
+    apply to its family (models/lean.py) and whether the fused head + loss does (models/loss.py)."""
+    from retune.models.loss import hidden_path, unwrap
+
+    family = getattr(getattr(unwrap(model), "config", None), "model_type", "?")
+    counts = getattr(model, "retune_lean", None)
+    # the family's own layers; LoRA's dropout folds into lora_A in every family and is not a family matter
+    parts = [f"{k} x{v}" for k, v in (counts or {}).items() if v and k != "lora_dropout"]
+    lean = f"lean layers {', '.join(parts)}" if parts else "stock layers (no lean layer applies)" if counts is not None else "stock layers"
+    head = "fused head + loss" if hidden_path(model) is not None else "stock head + loss (the model's own forward)"
+    return f"{family}: {lean}; {head}"

@@ -93,7 +93,7 @@ class TaskType:
         return self.default_scoring(task)
 
     def default_scoring(self, task: TaskData) -> str:
-        return "likelihood" if task.labels else "generate"
+        return "cloze" if task.choices else "likelihood" if task.labels else "generate"
 
     def classify(
         self, model: Any, fmt: Formatter, prompts: list[str], labels: list[str], pad_id: int, batch_size: int, autocast: Any

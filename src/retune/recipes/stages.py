@@ -83,7 +83,7 @@ def run(cfg: RetuneConfig) -> tuple[RunDir, dict[str, Any]]:
     summary: dict[str, Any] = {"status": "completed", "run_dir": str(run_dir.path), "task": ", ".join(names)}
     if not dist.is_main():
         return run_dir, summary
-    retained = s.score_retained(model)
+    retained = s.score_retained(model, f"stage-{len(names)}")
     s.save_model(model)
     seq = sequence_metrics(R, baseline)
     plot_matrix(R, names, run_dir.path / "matrix.png")

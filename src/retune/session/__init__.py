@@ -34,12 +34,12 @@ from retune import allocator
 from retune.config import RetuneConfig, TaskConfig, TrainerConfig
 from retune.data.templates import Encoded
 from retune.errors import UsageError
-from retune.evaluate.forgetting import PROBE
+from retune.evaluate.forgetting import PROBE, RetainedScores
 from retune.evaluate.report import LiveProgress, console, plot_loss
 from retune.evaluate.task_eval import score_task, scoring_mode
 from retune.io import append_jsonl, replace_dir, staging_dir
 from retune.models import loss as loss_mod
-from retune.models.load import compute_dtype, count_params, load_base, load_tokenizer, prepare_for_training
+from retune.models.load import compute_dtype, count_params, load_base, load_tokenizer, path_report, prepare_for_training
 from retune.models.resolve import resolve_base
 from retune.retention import RetentionContext
 from retune.retention.base import Regularizer
@@ -225,17 +225,27 @@ class Session:
             self.run.write_json("base_scores.json", base)
         retained = self.run.read_json("base_retention.json")
         if retained is not None:
-            self.retention.base = retained
+            self.retention.base = RetainedScores.from_json(retained)
         elif self.retention.rset and dist.is_main():
-            self.run.write_json("base_retention.json", self.retention.score_base(model, self.autocast))
+            scored = self.retention.score_base(model, self.autocast)
+            self.write_retained(scored, "base")
+            self.run.write_json("base_retention.json", scored.to_json())
         dist.barrier()
         return base or {}
 
-    def score_retained(self, model: Model) -> Scores:
-        """summary.json `retention`: each retained task's base, final and change (rank 0)."""
+    def score_retained(self, model: Model, key: str = "tuned") -> Scores:
+        """summary.json `retention`: each retained task's base, final and change with its paired
+        interval (rank 0); per-example scores go to scores/<task>-<key>.jsonl."""
         if not (self.retention.rset and dist.is_main()):
             return {}
-        return self.retention.summary(self.retention.score(model, self.autocast))
+        now = self.retention.score(model, self.autocast)
+        self.write_retained(now, key)
+        return self.retention.summary(now)
+
+    def write_retained(self, scored: RetainedScores, key: str) -> None:
+        if self.run is not None:
+            for name, task_scores in scored.scored.items():
+                write_scores(self.run, key, name, task_scores)
 
     def retained_data(self) -> dict[str, str]:
         """summary.json `retention_data`: a content hash of each retained task's records and of the
@@ -257,6 +267,7 @@ class Session:
         loss_mod.USE_COMPILE = self.cfg.trainer.compile
         trainable, total = count_params(model)
         console.print(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%)")
+        console.print(f"fast paths: {path_report(model)}")
         return model
 
     def regularizers(self, model: Model) -> list[Regularizer]:

@@ -15,7 +15,7 @@ from typing import TypeAlias
 from retune.config import RetuneConfig
 from retune.data.replay import replay_mix, self_replay
 from retune.data.templates import Encoded, Formatter
-from retune.evaluate.forgetting import RetainSet, breaches, forgetting, load_retained, retention_summary, score_retained
+from retune.evaluate.forgetting import RetainedScores, RetainSet, breaches, forgetting, load_retained, retention_summary, score_retained
 from retune.evaluate.report import console
 from retune.models.tasks import task_type
 from retune.retention import RetentionContext, build, memory_report
@@ -35,7 +35,7 @@ class Retention:
     tok: Tokenizer
     fmt: Formatter
     rset: RetainSet
-    base: dict[str, dict] = field(default_factory=dict)
+    base: RetainedScores = field(default_factory=lambda: RetainedScores({}, {}, {}))
     history: list[dict] = field(default_factory=list)  # per evaluation: step, val_loss, forgetting per task
     best_ok: tuple[int, float] | None = None  # (step, val_loss) of the best evaluation within max_forgetting
     last_val: float | None = None  # the validation loss of the evaluation being watched
@@ -48,10 +48,10 @@ class Retention:
             retain = retain.model_copy(update={"probe": None})  # the NLL probe needs a language-model head
         return cls(cfg, tok, fmt, load_retained(retain, cfg.data, cfg.eval, tok, fmt))
 
-    def score(self, model: Model, autocast: Autocast) -> dict[str, dict]:
-        return score_retained(model, self.tok, self.fmt, self.rset, self.cfg.eval, autocast) if self.rset else {}
+    def score(self, model: Model, autocast: Autocast) -> RetainedScores:
+        return score_retained(model, self.tok, self.fmt, self.rset, self.cfg.eval, autocast) if self.rset else RetainedScores({}, {}, {})
 
-    def score_base(self, model: Model, autocast: Autocast) -> dict[str, dict]:
+    def score_base(self, model: Model, autocast: Autocast) -> RetainedScores:
         if self.rset:
             names = [r.task.name for r in self.rset.tasks] + (["general-text probe"] if self.rset.probe else [])
             console.print(f"scoring the base model on what it must retain: {', '.join(names)}")
@@ -135,12 +135,12 @@ class Retention:
             if not self.rset:
                 return False
             now = self.score(model, autocast)
-            lost = {name: forgetting(name, self.base[name], now[name]) for name in now if name in self.base}
+            lost = {name: forgetting(name, self.base.rows[name], row) for name, row in now.rows.items() if name in self.base.rows}
             self.history.append({"step": state.step, "val_loss": self.last_val, "forgetting": lost})
             log({"step": state.step, **{f"forgetting/{k}": v for k, v in lost.items()}})
             if threshold is None:
                 return False
-            bad = breaches(self.base, now, threshold)
+            bad = breaches(self.base, now, threshold, self.cfg.trainer.forgetting_test)
             if not bad:
                 val = self.last_val if self.last_val is not None else float("inf")
                 if self.best_ok is None or val <= self.best_ok[1]:
@@ -171,7 +171,7 @@ class Retention:
         if "val_loss" in row:
             self.last_val = row["val_loss"]
 
-    def summary(self, final: dict[str, dict]) -> dict[str, dict]:
+    def summary(self, final: RetainedScores) -> dict[str, dict]:
         return retention_summary(self.base, final)
 
 
@@ -191,5 +191,10 @@ def print_tradeoff(tasks: list[str], base: dict, final: dict, retention: dict[st
             table.add_row(task, "new", m, f"{b:.2f}", f"{f:.2f}", f"{f - b:+.2f}")
     for name, r in retention.items():
         fmt = ".4f" if r["metric"] == "nll" else ".2f"
-        table.add_row(name, "retained", r["metric"], f"{r['base']:{fmt}}", f"{r['final']:{fmt}}", f"{r['delta']:+{fmt}}")
+        change = f"{r['delta']:+{fmt}}"
+        if "ci" in r:  # the paired 95% interval; * when it excludes 0
+            change += f" [{r['ci'][0]:+{fmt}}, {r['ci'][1]:+{fmt}}]{' *' if r['significant'] else ''}"
+        table.add_row(name, "retained", r["metric"], f"{r['base']:{fmt}}", f"{r['final']:{fmt}}", change)
     console.print(table)
+    if any("ci" in r for r in retention.values()):
+        console.print("retained changes: paired bootstrap 95% interval over the same examples; * it excludes 0")

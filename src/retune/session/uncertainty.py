@@ -89,13 +89,18 @@ def print_intervals(title: str, base: dict[str, dict] | None, final: dict[str, d
         for k, f in metrics.items():
             b = (base or {}).get(task, {}).get(k)
             c = change.get(task, {}).get(k)
+            scale, digits = (1, 3) if k == "nll" else (100, 1)  # the probe's NLL in nats, scores in points
+
+            def pm(x: dict, mean: str = "mean") -> str:
+                return format_pm(x[mean], x["low"], x["high"], scale, digits)  # noqa: B023 (used in this iteration)
+
             table.add_row(
                 task,
                 k,
                 str(f["n"]),
-                format_pm(b["mean"], b["low"], b["high"]) if b else "",
-                format_pm(f["mean"], f["low"], f["high"]),
-                f"{format_pm(c['delta'], c['low'], c['high'])}{' *' if c['significant'] else ''}" if c else "",
+                pm(b) if b else "",
+                pm(f),
+                f"{pm(c, 'delta')}{' *' if c['significant'] else ''}" if c else "",
             )
     console.print(table)
     console.print("intervals: Wilson for 0/1 scores, bootstrap over examples otherwise; * the paired interval excludes 0")
