@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from retune import allocator
+from retune import allocator, environment
 from retune.config import RetuneConfig, TaskConfig, TrainerConfig
 from retune.data.templates import Encoded
 from retune.errors import UsageError
@@ -41,6 +41,7 @@ from retune.io import append_jsonl, replace_dir, staging_dir
 from retune.models import loss as loss_mod
 from retune.models.load import compute_dtype, count_params, load_base, load_tokenizer, prepare_for_training
 from retune.models.resolve import resolve_base
+from retune.report import write_run_report
 from retune.retention import RetentionContext
 from retune.retention.base import Regularizer
 from retune.rundir import RunDir, check_output_dir
@@ -364,11 +365,17 @@ class Session:
             self.run.write_json("summary.json", summary)
 
     def finish(self, summary: dict[str, Any]) -> None:
-        """summary.json, loss.png, trackers closed."""
+        """summary.json (with where it ran), loss.png, report.html, trackers closed."""
         assert self.run is not None
+        summary["environment"] = environment.describe()
         self.write_summary(summary)
         if dist.is_main() and self.run.metrics_path.exists():
             plot_loss(self.run.metrics_path, self.run.path / "loss.png")
+        if dist.is_main():
+            try:
+                console.print(f"report: {write_run_report(self.run.path)}")
+            except Exception as e:  # the run's results are saved; a report can be built again from them
+                console.print(f"[yellow]report.html not written ({type(e).__name__}: {e}); retry with: retune report {self.run.path}")
         if self.cfg.trainer.logger != "none":
             self.accel.end_training()
 
