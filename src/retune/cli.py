@@ -289,7 +289,9 @@ def plan(
 @command
 def report(
     runs: Annotated[list[str], typer.Argument(help="Run directories (several: compared), or a search directory with tune.json")],
-    out: Annotated[str | None, typer.Option("--out", "-o", help="Output file (default: RUN/report.html; several runs: ./report.html)")] = None,
+    out: Annotated[
+        str | None, typer.Option("--out", "-o", help="Output file (default: RUN/report.html; several runs: ./report.html)")
+    ] = None,
 ) -> None:
     """Write a self-contained HTML report (opens from disk, no network) of one run, several runs, or a search."""
     from retune.report import build
@@ -301,13 +303,15 @@ def report(
 @command
 def runs_(
     folder: Annotated[str, typer.Argument(help="The folder that holds run directories (output.dir)")] = "runs",
-    sort: Annotated[str, typer.Option(help="Sort by: name, status, base, adapter, score, change, worst_retained, tokens_per_s, wall_s, date")] = "date",
+    sort: Annotated[
+        str, typer.Option(help="Sort by: name, status, base, adapter, score, change, worst_retained, tokens_per_s, wall_s, date")
+    ] = "date",
     reverse: Annotated[bool, typer.Option("--reverse", help="Largest (or latest) first")] = False,
     json_: Annotated[bool, typer.Option("--json", help="Print the rows as JSON on stdout")] = False,
 ) -> None:
     """List the runs under a folder: status, model, adapter, scores with change, worst retained change, speed."""
-    from retune.report.rows import find_runs, run_row, sort_rows
     from retune.report.listing import print_runs
+    from retune.report.rows import find_runs, run_row, sort_rows
 
     rows = sort_rows([run_row(r) for r in find_runs(folder)], sort, reverse)
     if json_:

@@ -128,8 +128,8 @@ def changes(runs: list[RunData]) -> go.Figure | None:
     fig = figure("change base -> tuned (points, paired 95% intervals)", "change (points)", "task")
     for i, run in enumerate(runs):
         change = (run.summary.get("uncertainty") or {}).get("change") or {}
-        rows = [(s["task"], s["metric"], (change.get(s["task"]) or {}).get(s["metric"])) for s in run.scores()]
-        rows = [(t, m, c) for t, m, c in rows if c]
+        found = [(s["task"], s["metric"], (change.get(s["task"]) or {}).get(s["metric"])) for s in run.scores()]
+        rows: list[tuple[str, str, dict[str, Any]]] = [(t, m, c) for t, m, c in found if c]
         if rows:
             fig.add_scatter(
                 x=[100 * c["delta"] for _, _, c in rows],
@@ -182,7 +182,13 @@ def stage_matrix(run: RunData) -> go.Figure | None:
     names = (["base"] if baseline else []) + [f"after {t}" for t in tasks[: len(R)]]
     fig = figure("R: score on each task after each stage (points)", "evaluated task", "", height=120 + 60 * len(rows))
     fig.add_heatmap(
-        z=rows, x=tasks, y=names, colorscale="Viridis", text=[[f"{v:.1f}" for v in r] for r in rows], texttemplate="%{text}", hoverongaps=False
+        z=rows,
+        x=tasks,
+        y=names,
+        colorscale="Viridis",
+        text=[[f"{v:.1f}" for v in r] for r in rows],
+        texttemplate="%{text}",
+        hoverongaps=False,
     )
     fig.update_yaxes(autorange="reversed")
     return fig
@@ -200,7 +206,10 @@ def pareto(trials: list[dict], front: list[int]) -> go.Figure | None:
     def hover(t: dict) -> str:
         return f"trial {t['number']}<br>" + "<br>".join(f"{k}={v}" for k, v in (t.get("params") or {}).items())
 
-    for group, name, style in [(other, "trial", {"color": "lightgrey", "size": 8}), (best, "Pareto front", {"color": colour(1), "size": 11})]:
+    for group, name, style in [
+        (other, "trial", {"color": "lightgrey", "size": 8}),
+        (best, "Pareto front", {"color": colour(1), "size": 11}),
+    ]:
         if group:
             fig.add_scatter(
                 x=[t["values"][1] for t in group],

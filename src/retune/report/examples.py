@@ -19,7 +19,7 @@ def score_key(row: dict[str, Any]) -> str | None:
 def changed(run: RunData, task: str) -> tuple[list[dict[str, Any]], int]:
     """(the changed examples, worst first, at most LIMIT; how many changed in all)."""
     base = {r["i"]: r for r in run.examples(task, "base")}
-    out = []
+    out: list[dict[str, Any]] = []
     for after in run.examples(task, run.after):
         before, key = base.get(after["i"]), score_key(after)
         if before is None or key is None or key not in before or before[key] == after[key]:
@@ -40,7 +40,12 @@ def clip(text: object) -> str:
 
 def row_html(e: dict[str, Any]) -> str:
     cells = [e["task"], e["kind"], f"{e['base']:.3g} → {e['tuned']:.3g}"]
-    texts = [e["after"].get("prompt", ""), e["before"].get("prediction", ""), e["after"].get("prediction", ""), e["after"].get("reference", "")]
+    texts = [
+        e["after"].get("prompt", ""),
+        e["before"].get("prediction", ""),
+        e["after"].get("prediction", ""),
+        e["after"].get("reference", ""),
+    ]
     tds = "".join(f"<td>{escape(c)}</td>" for c in cells) + "".join(f'<td class="text">{clip(t)}</td>' for t in texts)
     return f'<tr data-dir="{e["dir"]}" data-task="{escape(e["task"])}">{tds}</tr>'
 
@@ -58,7 +63,8 @@ def section(run: RunData) -> str:
     controls = (
         '<div class="filters"><input id="example-filter" type="search" placeholder="filter: text in prompt, answers or reference">'
         '<select id="example-dir"><option value="">both directions</option><option value="worse">worse (right to wrong)</option>'
-        f'<option value="better">better (wrong to right)</option></select><select id="example-task"><option value="">every task</option>{options}</select>'
+        '<option value="better">better (wrong to right)</option></select>'
+        f'<select id="example-task"><option value="">every task</option>{options}</select>'
         f' <span id="example-count">{len(rows)}</span> shown; {escape("; ".join(notes))}</div>'
     )
     head = "".join(f"<th>{h}</th>" for h in ("task", "change", "score", "prompt", "base answer", "tuned answer", "reference"))

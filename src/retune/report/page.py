@@ -24,6 +24,7 @@ td { white-space: pre-wrap; } td.text { font-family: ui-monospace, monospace; fo
        word-break: break-word; }
 tr[data-dir="worse"] td:nth-child(2) { color: #b00020; } tr[data-dir="better"] td:nth-child(2) { color: #1b7f3b; }
 .filters { margin: 0.6rem 0; } .filters input { width: 26rem; padding: 0.2rem; } .muted { color: #777; font-size: 0.85rem; }
+.grid { display: flex; flex-wrap: wrap; gap: 1.2rem; align-items: flex-start; }
 details { margin: 0.5rem 0; } summary { cursor: pointer; }
 """
 
@@ -51,7 +52,7 @@ def page(title: str, subtitle: str, sections: list[Section]) -> str:
     nav = "".join(f'<a href="#{s.anchor}">{escape(s.title)}</a>' for s, _ in bodies)
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        '<meta http-equiv="Content-Security-Policy" content="default-src \'none\'; script-src \'unsafe-inline\' \'unsafe-eval\'; '
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; "
         "style-src 'unsafe-inline'; img-src data: blob:; font-src data:\">"
         f"<title>{escape(title)}</title><style>{CSS}</style>"
         f'<script type="text/javascript">{get_plotlyjs()}</script></head><body>'

@@ -66,8 +66,10 @@ class Search:
 
         rows = []
         for t in sorted(self.trials, key=lambda t: t["number"]):
-            values = t.get("values") if isinstance(t.get("values"), list) else [None, None]
+            values: list[Any] = (t["values"] if isinstance(t.get("values"), list) else []) + [None, None]
             params = ", ".join(f"{k}={fmt(v, '.3g')}" for k, v in (t.get("params") or {}).items())
             on_front = "yes" if t["number"] in front else ""
-            rows.append([t["number"], t.get("state", ""), params, fmt(values[0], "+.2f"), fmt(values[1], "+.2f"), on_front, t.get("run_dir", "")])
+            rows.append(
+                [t["number"], t.get("state", ""), params, fmt(values[0], "+.2f"), fmt(values[1], "+.2f"), on_front, t.get("run_dir", "")]
+            )
         return table(["trial", "state", "parameters", "gain", "worst retained change", "Pareto front", "run"], rows)

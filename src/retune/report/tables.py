@@ -36,17 +36,18 @@ def identity(run: RunData) -> str:
     tr, env = run.summary.get("train") or {}, run.summary.get("environment") or {}
     versions = ", ".join(f"{k} {v}" for k, v in (env.get("versions") or {}).items() if v)
     params = f"{tr['trainable_params']:,} of {tr['total_params']:,}" if "trainable_params" in tr else None
-    items: list[tuple[str, Any]] = [
+    who: list[tuple[str, Any]] = [
         ("run", run.name),
         ("status", run.summary.get("status") or run.status),
         ("started (UTC)", run.date),
         ("base model", run.base_model),
         ("adapter", run.adapter),
         ("trainable parameters", params),
-        *hyper_parameters(run),
         ("retune commit", env.get("retune_commit")),
         ("machine", " / ".join(str(env[k]) for k in ("host", "cpu", "gpu") if env.get(k))),
         ("versions", versions),
+    ]
+    speed: list[tuple[str, Any]] = [
         ("allocator", tr.get("allocator")),
         ("steps", tr.get("steps")),
         ("tokens", fmt(tr.get("tokens"), ",")),
@@ -57,13 +58,21 @@ def identity(run: RunData) -> str:
         ("best step", tr.get("best_step")),
         ("stopped early", tr.get("stopped_early")),
     ]
-    return pairs(items)
+    return f'<div class="grid">{pairs(who)}{pairs(hyper_parameters(run))}{pairs(speed)}</div>'
 
 
 def data(run: RunData) -> str:
     """Each task's data: sizes, metric, scoring, share of the mix, content hash; the retained sets' hashes."""
     rows = [
-        [name, t.get("metric"), t.get("scoring"), t.get("train_examples"), t.get("n_test"), fmt(t.get("share"), ".2f"), t.get("data_sha256", "")[:16]]
+        [
+            name,
+            t.get("metric"),
+            t.get("scoring"),
+            t.get("train_examples"),
+            t.get("n_test"),
+            fmt(t.get("share"), ".2f"),
+            t.get("data_sha256", "")[:16],
+        ]
         for name, t in (run.summary.get("tasks") or {}).items()
     ]
     rows += [[name, "retained", "", "", "", "", h[:16]] for name, h in (run.summary.get("retention_data") or {}).items()]
@@ -84,7 +93,9 @@ def score_intervals(run: RunData) -> str:
     for task, metrics in tuned.items():
         for k, ci in metrics.items():
             c = (change.get(task) or {}).get(k)
-            delta = f"{100 * c['delta']:+.1f} [{100 * c['low']:+.1f}, {100 * c['high']:+.1f}]{' *' if c['significant'] else ''}" if c else ""
+            delta = (
+                f"{100 * c['delta']:+.1f} [{100 * c['low']:+.1f}, {100 * c['high']:+.1f}]{' *' if c['significant'] else ''}" if c else ""
+            )
             rows.append([task, k, ci["n"], ci_text((base.get(task) or {}).get(k)), ci_text(ci), delta])
     if not rows:
         return ""
@@ -97,7 +108,17 @@ def retention(run: RunData) -> str:
     for name, r in (run.summary.get("retention") or {}).items():
         spec = ".4f" if r.get("metric") == "nll" else ".2f"
         within = "" if limit is None else ("yes" if r["forgetting"] <= limit else "no")
-        rows.append([name, r["metric"], fmt(r["base"], spec), fmt(r["final"], spec), fmt(r["delta"], "+" + spec), fmt(r["forgetting"], "+.2f"), within])
+        rows.append(
+            [
+                name,
+                r["metric"],
+                fmt(r["base"], spec),
+                fmt(r["final"], spec),
+                fmt(r["delta"], "+" + spec),
+                fmt(r["forgetting"], "+.2f"),
+                within,
+            ]
+        )
     if not rows:
         return ""
     headers = ["retained task", "metric", "base", "final", "change", "forgetting (points)", f"within max_forgetting ({limit})"]
@@ -108,7 +129,10 @@ def stage_summary(run: RunData) -> str:
     st = run.summary.get("stages")
     if not isinstance(st, dict):
         return ""
-    items = [(k.replace("_", " "), fmt(st.get(k), "+.2f" if "transfer" in k else ".2f")) for k in ("average_accuracy", "backward_transfer", "forward_transfer")]
+    items = [
+        (k.replace("_", " "), fmt(st.get(k), "+.2f" if "transfer" in k else ".2f"))
+        for k in ("average_accuracy", "backward_transfer", "forward_transfer")
+    ]
     return pairs([(k, v or "n/a") for k, v in items])
 
 
