@@ -24,7 +24,7 @@ return Array.from(document.querySelectorAll('.js-plotly-plot')).map(function (el
 
 def missing() -> str | None:
     """Why the browser test cannot run here, or None."""
-    for path, package in ((CHROMIUM, "chromium"), (DRIVER, "chromium-driver")):
+    for path in (CHROMIUM, DRIVER):
         if not Path(path).exists() and not shutil.which(Path(path).name):
             return f"{path} not found: as root run apt-get install -y chromium chromium-driver (make venv does)"
     try:
@@ -67,7 +67,9 @@ def open_report(driver, path: Path, timeout: float = 20.0) -> Opened:
     driver.get_log("browser")
     driver.get(path.resolve().as_uri())
     expected = path.read_text().count('class="plotly-graph-div"')
-    WebDriverWait(driver, timeout).until(lambda d: len(d.execute_script("return document.querySelectorAll('.js-plotly-plot svg.main-svg')")) >= expected)
+    WebDriverWait(driver, timeout).until(
+        lambda d: len(d.execute_script("return document.querySelectorAll('.js-plotly-plot svg.main-svg')")) >= expected
+    )
     charts = driver.execute_script(CHARTS_JS)
     errors = [e["message"] for e in driver.get_log("browser") if e["level"] == "SEVERE"]
     requests, failed = [], []
@@ -81,4 +83,26 @@ def open_report(driver, path: Path, timeout: float = 20.0) -> Opened:
 
 
 def visible_rows(driver) -> int:
-    return driver.execute_script("return Array.from(document.querySelectorAll('#examples tbody tr')).filter(r => r.style.display !== 'none').length")
+    return driver.execute_script(
+        "return Array.from(document.querySelectorAll('#examples tbody tr')).filter(r => r.style.display !== 'none').length"
+    )
+
+
+def screenshot(driver, report: Path, png: Path, height: int | None = None) -> Opened:
+    """Open a report and save a screenshot of the whole page (or its first `height` pixels)."""
+    page = open_report(driver, report)
+    full = driver.execute_script("return document.documentElement.scrollHeight")
+    driver.set_window_size(driver.get_window_size()["width"], min(full, height or full))
+    driver.save_screenshot(str(png))
+    return page
+
+
+if __name__ == "__main__":  # python tests/browser.py RUN/report.html docs/report.png [HEIGHT]: the README's screenshot
+    import sys
+
+    d = start()
+    try:
+        shot = screenshot(d, Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else None)
+        print(f"{len(shot.charts)} charts, {len(shot.console_errors)} console errors, requests: {shot.requests}")
+    finally:
+        d.quit()
