@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
+from helpers import flipped_copy
 from retune.cli import app
-from retune.report import build, charts
+from retune.report import charts
+from retune.report.build import build
 from retune.report.data import RunData
 from retune.report.examples import changed
 from retune.report.search import Search
@@ -24,23 +26,6 @@ runner = CliRunner()
 def _cli(*args: str) -> tuple[int, str, str]:
     result = runner.invoke(app, list(args))
     return result.exit_code, result.stdout, result.stderr.strip()
-
-
-def flipped_copy(run: Path, dest: Path) -> Path:
-    """A copy of a run whose tuned scores differ from the base on three examples (two right-to-wrong,
-    one wrong-to-right): the tiny model does not change its answers, the report must show changes."""
-    shutil.copytree(run, dest, ignore=shutil.ignore_patterns("adapter", "checkpoints", "tokenizer", "report.html"))
-    path = next((dest / "scores").glob("*-tuned.jsonl"))
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    base = {r["i"]: r for r in map(json.loads, path.with_name(path.name.replace("-tuned", "-base")).read_text().splitlines())}
-    right = [r for r in rows if base[r["i"]]["accuracy"] == 1.0][:2]
-    wrong = [r for r in rows if base[r["i"]]["accuracy"] == 0.0][:1]
-    for r in right:
-        r.update(accuracy=0.0, prediction="a changed answer")
-    for r in wrong:
-        r.update(accuracy=1.0, prediction=r["reference"])
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return dest
 
 
 @pytest.fixture(scope="module")

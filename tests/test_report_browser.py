@@ -9,8 +9,8 @@ import json
 import pytest
 
 import browser
-from retune.report import build
-from test_report import flipped_copy
+from helpers import flipped_copy
+from retune.report.build import build
 
 pytestmark = pytest.mark.skipif(browser.missing() is not None, reason=browser.missing() or "")
 

@@ -294,7 +294,7 @@ def report(
     ] = None,
 ) -> None:
     """Write a self-contained HTML report (opens from disk, no network) of one run, several runs, or a search."""
-    from retune.report import build
+    from retune.report.build import build
 
     print(build(runs, out))
 

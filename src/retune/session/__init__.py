@@ -41,7 +41,6 @@ from retune.io import append_jsonl, replace_dir, staging_dir
 from retune.models import loss as loss_mod
 from retune.models.load import compute_dtype, count_params, load_base, load_tokenizer, prepare_for_training
 from retune.models.resolve import resolve_base
-from retune.report import write_run_report
 from retune.retention import RetentionContext
 from retune.retention.base import Regularizer
 from retune.rundir import RunDir, check_output_dir
@@ -372,6 +371,8 @@ class Session:
         if dist.is_main() and self.run.metrics_path.exists():
             plot_loss(self.run.metrics_path, self.run.path / "loss.png")
         if dist.is_main():
+            from retune.report.build import write_run_report  # plotly is imported only where a report is written
+
             try:
                 console.print(f"report: {write_run_report(self.run.path)}")
             except Exception as e:  # the run's results are saved; a report can be built again from them
