@@ -103,26 +103,15 @@ def score_intervals(run: RunData) -> str:
 
 
 def retention(run: RunData) -> str:
+    """Each retained task's base, final, change and forgetting; against max_forgetting when the run set one."""
     limit = run.section("trainer").get("max_forgetting")
     rows = []
     for name, r in (run.summary.get("retention") or {}).items():
         spec = ".4f" if r.get("metric") == "nll" else ".2f"
-        within = "" if limit is None else ("yes" if r["forgetting"] <= limit else "no")
-        rows.append(
-            [
-                name,
-                r["metric"],
-                fmt(r["base"], spec),
-                fmt(r["final"], spec),
-                fmt(r["delta"], "+" + spec),
-                fmt(r["forgetting"], "+.2f"),
-                within,
-            ]
-        )
-    if not rows:
-        return ""
-    headers = ["retained task", "metric", "base", "final", "change", "forgetting (points)", f"within max_forgetting ({limit})"]
-    return table(headers, rows)
+        row = [name, r["metric"], fmt(r["base"], spec), fmt(r["final"], spec), fmt(r["delta"], "+" + spec), fmt(r["forgetting"], "+.2f")]
+        rows.append(row + ([] if limit is None else ["yes" if r["forgetting"] <= limit else "no"]))
+    headers = ["retained task", "metric", "base", "final", "change", "forgetting (points)"]
+    return table(headers + ([] if limit is None else [f"within max_forgetting ({limit})"]), rows) if rows else ""
 
 
 def stage_summary(run: RunData) -> str:
