@@ -17,7 +17,7 @@ from retune.cli import app
 from retune.report import charts
 from retune.report.build import build
 from retune.report.data import RunData
-from retune.report.examples import changed
+from retune.report.examples import changed, shared
 from retune.report.search import Search
 
 runner = CliRunner()
@@ -86,6 +86,13 @@ def test_changed_examples_right_to_wrong_first(flipped):
     html = out.read_text()
     assert out == flipped / "report.html" and html.count('<tr data-dir="worse"') == 2 and html.count('<tr data-dir="better"') == 1
     assert html.index("a changed answer") < html.index('<tr data-dir="better"')
+
+
+def test_prompts_show_only_what_differs():
+    """The lines every changed prompt shares (chat template, instruction) are shown once, whole lines only."""
+    assert shared(["sys\nA b\nend\n", "sys\nA c\nend\n"]) == ("sys\n", "\nend\n")
+    assert shared(["one prompt\n"]) == ("", "")
+    assert shared(["x\n1", "y\n2"]) == ("", "")
 
 
 def test_several_runs_compare(report_runs, tmp_path):

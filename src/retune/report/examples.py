@@ -38,10 +38,28 @@ def clip(text: object) -> str:
     return escape(s if len(s) <= CLIP else s[:CLIP] + " …")
 
 
-def row_html(e: dict[str, Any]) -> str:
+def common_prefix(texts: list[str]) -> str:
+    first, last = min(texts), max(texts)  # the lexicographic extremes share what every text shares
+    n = next((i for i, (a, b) in enumerate(zip(first, last, strict=False)) if a != b), len(first))
+    return first[:n]
+
+
+def shared(prompts: list[str]) -> tuple[str, str]:
+    """The beginning and end every prompt shares (a chat template, a system prompt, an instruction),
+    shown once above the table rather than in each row; nothing when fewer than two prompts."""
+    if len(prompts) < 2:
+        return "", ""
+    head = common_prefix(prompts)
+    head = head[: head.rfind("\n") + 1]  # whole lines only: never half a word of the example itself
+    tail = common_prefix([p[len(head) :][::-1] for p in prompts])[::-1]
+    return head, tail[tail.find("\n") :] if "\n" in tail else ""
+
+
+def row_html(e: dict[str, Any], head: str = "", tail: str = "") -> str:
     cells = [e["task"], e["kind"], f"{e['base']:.3g} → {e['tuned']:.3g}"]
+    prompt = str(e["after"].get("prompt", ""))
     texts = [
-        e["after"].get("prompt", ""),
+        ("…" if head else "") + prompt[len(head) : len(prompt) - len(tail)] + ("…" if tail else ""),
         e["before"].get("prediction", ""),
         e["after"].get("prediction", ""),
         e["after"].get("reference", ""),
@@ -52,11 +70,18 @@ def row_html(e: dict[str, Any]) -> str:
 
 def section(run: RunData) -> str:
     """The filterable table, or '' when the run kept no per-example scores of both models."""
-    rows, notes = [], []
+    body, notes, shared_parts, n = [], [], [], 0
     for task in run.tasks:
         shown, total = changed(run, task)
-        rows += shown
+        head, tail = shared([str(e["after"].get("prompt", "")) for e in shown])
+        body += [row_html(e, head, tail) for e in shown]
+        n += len(shown)
         notes.append(f"{task}: {total} changed" + (f" (the {LIMIT} largest shown)" if total > len(shown) else ""))
+        if head or tail:
+            shared_parts.append(
+                f"<details><summary>{escape(task)}: the part of every prompt shown as …</summary>"
+                f'<pre class="text">{escape(head)}…{escape(tail)}</pre></details>'
+            )
     if not any(run.examples(t, "base") for t in run.tasks):
         return ""
     options = "".join(f'<option value="{escape(t)}">{escape(t)}</option>' for t in run.tasks)
@@ -65,11 +90,11 @@ def section(run: RunData) -> str:
         '<select id="example-dir"><option value="">both directions</option><option value="worse">worse (right to wrong)</option>'
         '<option value="better">better (wrong to right)</option></select>'
         f'<select id="example-task"><option value="">every task</option>{options}</select>'
-        f' <span id="example-count">{len(rows)}</span> shown; {escape("; ".join(notes))}</div>'
+        f' <span id="example-count">{n}</span> shown; {escape("; ".join(notes))}</div>'
     )
-    head = "".join(f"<th>{h}</th>" for h in ("task", "change", "score", "prompt", "base answer", "tuned answer", "reference"))
-    body = "".join(row_html(e) for e in rows)
-    return f'{controls}<table id="examples"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+    columns = "".join(f"<th>{h}</th>" for h in ("task", "change", "score", "prompt", "base answer", "tuned answer", "reference"))
+    rows = "".join(body)
+    return f'{controls}{"".join(shared_parts)}<table id="examples"><thead><tr>{columns}</tr></thead><tbody>{rows}</tbody></table>'
 
 
 FILTER_JS = """
