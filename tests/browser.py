@@ -9,8 +9,8 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-CHROMIUM = "/usr/bin/chromium"
-DRIVER = "/usr/bin/chromedriver"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"  # Debian's packages: chromium, chromium-driver
+DRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 # Each chart's marks: lines and points (scatter traces), bars, heat-map images.
 CHARTS_JS = """
@@ -25,7 +25,7 @@ return Array.from(document.querySelectorAll('.js-plotly-plot')).map(function (el
 def missing() -> str | None:
     """Why the browser test cannot run here, or None."""
     for path in (CHROMIUM, DRIVER):
-        if not Path(path).exists() and not shutil.which(Path(path).name):
+        if not Path(path).exists():
             return f"{path} not found: as root run apt-get install -y chromium chromium-driver (make venv does)"
     try:
         import selenium  # noqa: F401
