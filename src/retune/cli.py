@@ -1,4 +1,4 @@
-"""retune's command line: train | validate | keys | eval | predict | generate | models | merge | serve | chat.
+"""retune's command line: train | validate | keys | eval | predict | generate | report | runs | models | merge | serve | chat.
 
 Every command turns bad input into one line on stderr and exit code 2 (1 for other failures);
 set RETUNE_DEBUG=1 to see the traceback instead.
@@ -296,6 +296,41 @@ def plan(
     planner.print_plan(result, config)
     if json_:
         print(json.dumps(result.to_dict(), indent=2))
+
+
+@app.command()
+@command
+def report(
+    runs: Annotated[list[str], typer.Argument(help="Run directories (several: compared), or a search directory with tune.json")],
+    out: Annotated[
+        str | None, typer.Option("--out", "-o", help="Output file (default: RUN/report.html; several runs: ./report.html)")
+    ] = None,
+) -> None:
+    """Write a self-contained HTML report (opens from disk, no network) of one run, several runs, or a search."""
+    from retune.report.build import build
+
+    print(build(runs, out))
+
+
+@app.command("runs")
+@command
+def runs_(
+    folder: Annotated[str, typer.Argument(help="The folder that holds run directories (output.dir)")] = "runs",
+    sort: Annotated[
+        str, typer.Option(help="Sort by: name, status, base, adapter, score, change, worst_retained, tokens_per_s, wall_s, date")
+    ] = "date",
+    reverse: Annotated[bool, typer.Option("--reverse", help="Largest (or latest) first")] = False,
+    json_: Annotated[bool, typer.Option("--json", help="Print the rows as JSON on stdout")] = False,
+) -> None:
+    """List the runs under a folder: status, model, adapter, scores with change, worst retained change, speed."""
+    from retune.report.listing import print_runs
+    from retune.report.rows import find_runs, run_row, sort_rows
+
+    rows = sort_rows([run_row(r) for r in find_runs(folder)], sort, reverse)
+    if json_:
+        print(json.dumps(rows, indent=2))
+    else:
+        print_runs(folder, rows)
 
 
 @app.command()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -91,6 +92,10 @@ class RunDir:
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
 
+    def scores_file(self, task: str, stage: str) -> Path:
+        """scores/<task>-<stage>.jsonl: one line per test example of a task at one stage (base, tuned, stage-<i>)."""
+        return self.path / "scores" / f"{slug(task)}-{slug(stage)}.jsonl"
+
     def stage(self, i: int) -> Path:
         """The folder of stage i (1-based) of a stages run."""
         return self.path / f"stage-{i}"
@@ -123,6 +128,10 @@ class RunDir:
                 f"{self.path} holds no trained model (no model/ or adapter/); did the run finish? try retune train --resume {self.path}"
             )
         return found
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
 
 
 def is_run_dir(path: str | Path) -> bool:

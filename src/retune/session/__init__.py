@@ -30,7 +30,7 @@ from typing import Any
 
 import torch
 
-from retune import allocator
+from retune import allocator, environment
 from retune.config import RetuneConfig, TaskConfig, TrainerConfig
 from retune.data.templates import Encoded
 from retune.errors import UsageError
@@ -375,11 +375,19 @@ class Session:
             self.run.write_json("summary.json", summary)
 
     def finish(self, summary: dict[str, Any]) -> None:
-        """summary.json, loss.png, trackers closed."""
+        """summary.json (with where it ran), loss.png, report.html, trackers closed."""
         assert self.run is not None
+        summary["environment"] = environment.describe()
         self.write_summary(summary)
         if dist.is_main() and self.run.metrics_path.exists():
             plot_loss(self.run.metrics_path, self.run.path / "loss.png")
+        if dist.is_main():
+            from retune.report.build import write_run_report  # plotly is imported only where a report is written
+
+            try:
+                console.print(f"report: {write_run_report(self.run.path)}")
+            except Exception as e:  # the run's results are saved; a report can be built again from them
+                console.print(f"[yellow]report.html not written ({type(e).__name__}: {e}); retry with: retune report {self.run.path}")
         if self.cfg.trainer.logger != "none":
             self.accel.end_training()
 

@@ -6,7 +6,6 @@ The math is in evaluate/intervals.py; this file is what a run records and prints
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from retune.evaluate.intervals import format_pm, interval, paired_bootstrap
@@ -14,10 +13,6 @@ from retune.evaluate.report import console
 from retune.evaluate.task_eval import TaskScores
 from retune.io import write_text
 from retune.rundir import RunDir
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-")
 
 
 def write_scores(run: RunDir, stage: str, task: str, scored: TaskScores) -> None:
@@ -37,14 +32,14 @@ def write_scores(run: RunDir, stage: str, task: str, scored: TaskScores) -> None
         )
         for i in range(len(p.predictions))
     ]
-    write_text(run.path / "scores" / f"{slug(task)}-{slug(stage)}.jsonl", "".join(line + "\n" for line in lines))
+    write_text(run.scores_file(task, stage), "".join(line + "\n" for line in lines))
 
 
 def read_scores(run: RunDir, stage: str, tasks: list[str]) -> dict[str, dict[str, list[float]]]:
     """{task: {metric: per-example scores}} of one stage, from scores/ (tasks without a file are left out)."""
     out: dict[str, dict[str, list[float]]] = {}
     for task in tasks:
-        path = run.path / "scores" / f"{slug(task)}-{slug(stage)}.jsonl"
+        path = run.scores_file(task, stage)
         if not path.exists():
             continue
         rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
