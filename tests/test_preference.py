@@ -297,3 +297,32 @@ def test_stage_type_config_errors_name_the_key():
     with pytest.raises(UsageError, match="stages\\[i\\].type"):
         validate({"objective": {"type": "dpo"}, "stages": [{"task": {"train": "rotten-tomatoes"}}]})
     assert validate({"stages": [{"task": {"train": "rotten-tomatoes"}}]}).stages[0].type == "sft"  # old configs keep working
+
+
+def test_dpo_under_two_processes_equals_one(tmp_path, tiny_model, tiny_data, pair_files):
+    """--nproc 2: rank 0 takes 2 pairs of each global batch of 3, rank 1 one; the reference log-probs,
+    losses, reward metrics and validation are those of one process."""
+    from test_distributed import _cli, _run_dir
+
+    trainer = {"batch_size": 1, "grad_accum": 3, "max_steps": 7, "eval_every": 4, "threads": 1}
+    path = _config(tmp_path, tiny_model, tiny_data, pair_files, "two", trainer=trainer)
+    one, _ = train(path)
+    two = _run_dir(_cli(["train", path, "--nproc", "2"]))
+    l1, l2 = losses(one), losses(two)
+    assert l1.keys() == l2.keys() == set(range(1, 8))
+    for step in l1:
+        assert l2[step] == pytest.approx(l1[step], abs=1e-4), step
+    m1 = [(r["reward_margin"], r["reward_accuracy"]) for r in read_metrics(one) if "reward_margin" in r]
+    m2 = [(r["reward_margin"], r["reward_accuracy"]) for r in read_metrics(two) if "reward_margin" in r]
+    assert m2 == pytest.approx(m1, abs=1e-4)
+    v1 = [(r["val_loss"], r["val_reward_accuracy"]) for r in read_metrics(one) if "val_loss" in r]
+    v2 = [(r["val_loss"], r["val_reward_accuracy"]) for r in read_metrics(two) if "val_loss" in r]
+    assert v2 == pytest.approx(v1, abs=1e-4)
+
+
+@pytest.mark.parametrize("adapter", [{"type": "full"}, {"type": "qlora"}], ids=lambda a: a["type"])
+def test_dpo_under_full_fine_tuning_and_qlora(tmp_path, tiny_model, tiny_data, pair_files, adapter):
+    """No reference copy under any adapter kind: at step 1 the policy is the reference (loss log 2)."""
+    run_dir, s = train(_config(tmp_path, tiny_model, tiny_data, pair_files, adapter["type"], adapter=adapter, trainer={"eval_every": None}))
+    assert losses(run_dir)[1] == pytest.approx(0.693147, abs=1e-4)
+    assert s["preference"]["pairs"] > 0

@@ -73,5 +73,9 @@ class Objective:
         nll, n = nll_totals(model, examples, pad_id, batch_size, autocast)
         return {"loss": float(nll), "n": float(n)}
 
+    def summary(self, model: Any, val: list[Encoded], pad_id: int, batch_size: int, autocast: Autocast) -> dict[str, Any]:
+        """What summary.json records of this stage type beyond the task scores (nothing for sft)."""
+        return {}
+
 
 SFT = Objective()

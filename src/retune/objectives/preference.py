@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 from retune.data.templates import Encoded, Formatter
 from retune.errors import UsageError
+from retune.evaluate.intervals import wilson
 from retune.objectives.base import Objective
 from retune.objectives.pairs import Pair, encode_pair, from_data, from_other, pair_batch, reference_logps, sequence_logps
 from retune.types import Autocast
@@ -100,6 +101,23 @@ class PairObjective(Objective):
             for k, v in _metric_sums(chosen, rejected, 1.0).items():
                 sums[k] += v
         return sums
+
+    def summary(self, model: Any, val: list[Encoded], pad_id: int, batch_size: int, autocast: Autocast) -> dict[str, Any]:
+        """The validation pairs scored by the model: loss, reward accuracy (the share of pairs whose chosen
+        answer's reward beats the rejected one's, with its 95% Wilson interval), margin and rewards."""
+        if not val:
+            return {}
+        sums = self.validation_sums(model, val, pad_id, batch_size, autocast)
+        n = max(sums["n"], 1.0)
+        low, high = wilson(round(sums["reward_accuracy"]), int(sums["n"]))
+        means = {m: sums[m] / n for m in self.metric_names}
+        return {
+            "stage_type": self.name,
+            "pairs": int(sums["n"]),
+            "loss": sums["loss"] / n,
+            **means,
+            "reward_accuracy_interval": [low, high],
+        }
 
 
 def _metric_sums(chosen: torch.Tensor, rejected: torch.Tensor, scale: float) -> dict[str, float]:

@@ -273,14 +273,8 @@ class Session:
             objective.prepare(model, examples, self.tok.pad_token_id, batch, self.autocast)
 
     def preference_scores(self, model: Model, objective: Objective, val: list[Encoded]) -> dict[str, Any]:
-        """summary.json: a preference stage's validation pairs scored by the final model (reward
-        accuracy: the share of pairs where the chosen answer's reward beats the rejected one's)."""
-        if not objective.metric_names or not val:
-            return {}
-        sums = objective.validation_sums(model, val, self.tok.pad_token_id, self.cfg.eval.batch_size, self.autocast)
-        n = max(sums["n"], 1.0)
-        means = {m: sums[m] / n for m in objective.metric_names}
-        return {"stage_type": objective.name, "pairs": int(sums["n"]), "loss": sums["loss"] / n, **means}
+        """summary.json `preference`: the stage type's own scores of the validation set ({} for sft)."""
+        return objective.summary(model, val, self.tok.pad_token_id, self.cfg.eval.batch_size, self.autocast)
 
     def retention_context(self, anchor: list[Encoded]) -> RetentionContext:
         return RetentionContext(pad_id=self.tok.pad_token_id, autocast=self.autocast, anchor_data=anchor, log=self.log)
