@@ -324,3 +324,19 @@ def test_dpo_under_full_fine_tuning_and_qlora(tmp_path, tiny_model, tiny_data, p
     run_dir, s = train(_config(tmp_path, tiny_model, tiny_data, pair_files, adapter["type"], adapter=adapter, trainer={"eval_every": None}))
     assert losses(run_dir)[1] == pytest.approx(0.693147, abs=1e-4)
     assert s["preference"]["pairs"] > 0
+
+
+def test_pairs_from_the_model_itself(tmp_path, tiny_model, tiny_data):
+    """pairs: self: k samples per prompt scored by the task's metric against its reference, best vs
+    worst, ties dropped and counted; then DPO trains on them as on any pairs."""
+    cfg = tiny_config(tiny_model, tiny_data, tmp_path / "runs", trainer={"max_steps": 2, "eval_every": None})
+    cfg["data"] |= {"max_train_samples": 12, "max_eval_samples": 6}
+    cfg["data"].pop("labels")
+    cfg["eval"] |= {"max_new_tokens": 4, "metric": "chrf", "scoring": "generate"}
+    cfg["objective"] = {"type": "dpo", "pairs": "self", "samples": 3}
+    cfg["retain"] = {"probe": None}
+    _, s = train(str(write_config(tmp_path / "self.yaml", cfg)))
+    made = s["preference"]["self_made_pairs"]
+    assert [m["prompts"] for m in made] == [12, 6]  # training prompts, then validation prompts
+    assert all(m["pairs"] + m["dropped"] == m["prompts"] and m["pairs"] > 0 for m in made)
+    assert s["preference"]["pairs"] == made[1]["pairs"]

@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 
 from retune.config.sections import _Strict
 
-PairSource = Literal["data", "other"]
+PairSource = Literal["data", "other", "self"]
 
 
 class SFTObjective(_Strict):
@@ -30,7 +30,13 @@ class _Paired(_Strict):
     """Where the pairs come from. data: the records' own `prompt`, `chosen` and `rejected` columns
     (TRL's standard preference format, plain text or conversational; map other names with columns);
     other: a supervised task's records, its reference response as chosen and another record's
-    reference response as rejected (deterministic by trainer.seed)."""
+    reference response as rejected (deterministic by trainer.seed); self: `samples` answers sampled from
+    the model as the stage starts, scored against the task's reference by its metric, best as chosen and
+    worst as rejected (prompts whose samples tie are dropped; the counts are printed and in summary.json)."""
+    samples: int = Field(4, ge=2)
+    """pairs: self: answers sampled per prompt."""
+    sample_temperature: float = Field(1.0, gt=0)
+    """pairs: self: sampling temperature (top_p is eval.top_p)."""
 
 
 class DPOObjective(_Paired):

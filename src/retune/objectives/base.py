@@ -39,8 +39,11 @@ class Objective:
 
     # ------------------------------------------------------------ data
 
-    def encode_task(self, kind: TaskType, fmt: Formatter, task: TaskData, records: list[dict], where: str, seed: int) -> list[Encoded]:
-        """A task's records as training / validation examples (each carrying the task's loss weight)."""
+    def encode_task(
+        self, kind: TaskType, fmt: Formatter, task: TaskData, records: list[dict], where: str, seed: int, max_new_tokens: int = 64
+    ) -> list[Encoded]:
+        """A task's records as training / validation examples (each carrying the task's loss weight).
+        `seed` and `max_new_tokens` (eval's, for a task without its own) are for pairs a stage makes."""
         out = [kind.encode(fmt, task.template, r, task.labels, f"{where} record {i + 1}") for i, r in enumerate(records)]
         for e in out:
             e.weight = task.loss_weight

@@ -120,3 +120,61 @@ def reference_logps(model: Any, pairs: list[Pair], pad_id: int, batch_size: int,
         for p, c, r in zip(chunk, chosen.tolist(), rejected.tolist(), strict=True):
             p.ref = (c, r)
     model.train(was_training)
+
+
+@dataclass
+class Pending(Pair):
+    """pairs: self, before sampling: the prompt and the task's reference answer (encoded as the chosen
+    answer so the example is well formed); `sample_pairs` replaces it with a sampled pair."""
+
+    source: PairText | None = None
+    metric: str = "rouge_l"
+    max_new_tokens: int = 64
+    stop: list[str] | None = None
+    fmt: Formatter | None = None  # how its samples are prompted and encoded
+
+
+def pending(fmt: Formatter, t: PairText, task: Any, max_new_tokens: int, where: str) -> Pending:
+    e = fmt.encode(t.prompt, t.chosen, t.system, t.messages, where=where)
+    metric = "rouge_l" if task.metric == "code" else task.metric  # code reports two scores: rank by its chrF's cousin
+    return Pending(
+        e.input_ids, e.labels, e.prompt_len, rejected=e, source=t, metric=metric, max_new_tokens=max_new_tokens, stop=task.stop, fmt=fmt
+    )
+
+
+def sample_pairs(
+    model: Any, fmt: Formatter, items: list[Pending], k: int, temperature: float, top_p: float, batch_size: int, autocast: Any
+) -> tuple[list[Pair], dict[str, int]]:
+    """k answers per prompt from the model, scored against the reference by the task's metric; the best
+    is chosen, the worst rejected; prompts whose best and worst score the same are dropped."""
+    from retune.evaluate.metrics import per_example
+    from retune.evaluate.scoring import generate
+
+    sources = [p.source for p in items if p.source is not None]
+    prompts = [fmt.prompt_text(s.prompt, s.system, s.messages) for s in sources]
+    first = items[0]
+    texts = generate(
+        model,
+        fmt.tok,
+        prompts * k,
+        first.max_new_tokens,
+        batch_size,
+        autocast,
+        add_special_tokens=not fmt.chat,
+        stop=first.stop,
+        temperature=temperature,
+        top_p=top_p,
+    )
+    scores = per_example(first.metric, texts, [s.chosen for s in sources] * k)
+    out: list[Pair] = []
+    for i, (src, item) in enumerate(zip(sources, items, strict=True)):
+        cands = sorted((scores[j * len(sources) + i], texts[j * len(sources) + i]) for j in range(k) if texts[j * len(sources) + i].strip())
+        if len(cands) < 2 or cands[0][0] == cands[-1][0]:
+            continue
+        try:
+            pair = encode_pair(fmt, PairText(src.prompt, src.system, src.messages, cands[-1][1], cands[0][1]), "self-made pair")
+        except UsageError:  # a sample that does not fit data.max_length: the prompt is dropped with the ties
+            continue
+        pair.weight = item.weight
+        out.append(pair)
+    return out, {"prompts": len(items), "pairs": len(out), "dropped": len(items) - len(out)}  # ties, or too long

@@ -14,11 +14,24 @@ from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from retune.data.templates import Encoded, Formatter
+from retune.data.templates import Encoded, Formatter, render
 from retune.errors import UsageError
 from retune.evaluate.intervals import wilson
+from retune.evaluate.report import console
 from retune.objectives.base import Objective
-from retune.objectives.pairs import Pair, encode_pair, from_data, from_other, pair_batch, reference_logps, sequence_logps
+from retune.objectives.pairs import (
+    Pair,
+    PairText,
+    Pending,
+    encode_pair,
+    from_data,
+    from_other,
+    pair_batch,
+    pending,
+    reference_logps,
+    sample_pairs,
+    sequence_logps,
+)
 from retune.types import Autocast
 
 if TYPE_CHECKING:
@@ -48,14 +61,24 @@ class PairObjective(Objective):
 
     def __init__(self, cfg: Any):
         self.cfg = cfg
+        self.counts: list[dict[str, int]] = []  # pairs: self, per example set made (train, validation)
 
-    def encode_task(self, kind: TaskType, fmt: Formatter, task: TaskData, records: list[dict], where: str, seed: int) -> list[Encoded]:
+    def encode_task(
+        self, kind: TaskType, fmt: Formatter, task: TaskData, records: list[dict], where: str, seed: int, max_new_tokens: int = 64
+    ) -> list[Encoded]:
         if not kind.has_lm_head:
             raise UsageError(f"stage type {self.name} trains a causal LM's answers; model.task={kind.name} has no LM head (use sft)")
         if not records:
             return []
-        texts = from_data(task.template, records, where) if self.cfg.pairs == "data" else from_other(task.template, records, seed, where)
-        out: list[Encoded] = [encode_pair(fmt, t, f"{where} pair {i + 1}") for i, t in enumerate(texts)]
+        if self.cfg.pairs == "self":  # sampled from the model in prepare(): keep the prompt and reference
+            limit = task.max_new_tokens or max_new_tokens
+            texts = [PairText(p, s, None, ref, "") for p, ref, s in (render(task.template, r) for r in records)]
+            out: list[Encoded] = [pending(fmt, t, task, limit, f"{where} record {i + 1}") for i, t in enumerate(texts)]
+        else:
+            texts = (
+                from_data(task.template, records, where) if self.cfg.pairs == "data" else from_other(task.template, records, seed, where)
+            )
+            out = [encode_pair(fmt, t, f"{where} pair {i + 1}") for i, t in enumerate(texts)]
         for e in out:
             e.weight = task.loss_weight
         return out
@@ -71,6 +94,16 @@ class PairObjective(Objective):
         return pair_batch([e for e in examples if isinstance(e, Pair)], pad_id)
 
     def prepare(self, model: Any, examples: list[Encoded], pad_id: int, batch_size: int, autocast: Autocast) -> None:
+        todo = [e for e in examples if isinstance(e, Pending)]
+        if todo and todo[0].fmt is not None:  # pairs: self, made by the model as the stage starts; replaced in place
+            made, counts = sample_pairs(model, todo[0].fmt, todo, self.cfg.samples, self.cfg.sample_temperature, 1.0, batch_size, autocast)
+            console.print(
+                f"pairs from the model: {counts['pairs']} of {counts['prompts']} prompts ({counts['dropped']} dropped: tied or too long)"
+            )
+            if not made:
+                raise UsageError(f"pairs: self: every prompt's {self.cfg.samples} samples tied; raise samples or sample_temperature")
+            examples[:] = made
+            self.counts.append(counts)
         if self.uses_reference:
             reference_logps(model, [e for e in examples if isinstance(e, Pair)], pad_id, batch_size, autocast)
 
@@ -117,7 +150,7 @@ class PairObjective(Objective):
             "loss": sums["loss"] / n,
             **means,
             "reward_accuracy_interval": [low, high],
-        }
+        } | ({"self_made_pairs": self.counts} if self.counts else {})
 
 
 def _metric_sums(chosen: torch.Tensor, rejected: torch.Tensor, scale: float) -> dict[str, float]:

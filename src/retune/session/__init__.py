@@ -45,7 +45,7 @@ from retune.objectives import SFT, Objective
 from retune.retention import RetentionContext
 from retune.retention.base import Regularizer
 from retune.rundir import RunDir, check_output_dir
-from retune.session.prepare import Prepared, prepare_data
+from retune.session.prepare import Prepared, plan_mix, prepare_data
 from retune.session.retain import Retention
 from retune.session.uncertainty import write_scores
 from retune.train import distributed as dist
@@ -271,6 +271,8 @@ class Session:
         batch = self.cfg.eval.batch_size
         for examples in example_sets:
             objective.prepare(model, examples, self.tok.pad_token_id, batch, self.autocast)
+        if self.prep is not None:  # pairs made by the model change the training sets' sizes
+            self.prep.mix = plan_mix(self.cfg, self.prep.tasks, self.prep.task_train)
 
     def preference_scores(self, model: Model, objective: Objective, val: list[Encoded]) -> dict[str, Any]:
         """summary.json `preference`: the stage type's own scores of the validation set ({} for sft)."""

@@ -66,21 +66,19 @@ def prepare_data(
     task_val = [encode_task(cfg, fmt, t, t.validation, f"{t.name} validation", o) for t, o in zip(tasks, objectives, strict=True)]
     if fmt.cut_responses:
         console.print(f"[yellow]warning: {fmt.cut_responses} responses were longer than data.max_length={cfg.data.max_length} and were cut")
-    trained = [i for i, x in enumerate(task_train) if x]
-    d = cfg.data
-    names = [tasks[i].name for i in trained]
-    mix = mixing.plan(
-        [len(task_train[i]) for i in trained],
-        d.mixing,
-        [tasks[i].weight for i in trained],
-        d.mixing_temperature,
-        d.epoch_size,
-        d.oversample,
-        names,
-    )
+    mix = plan_mix(cfg, tasks, task_train)
     for w in mix.warnings if task_configs is None else []:  # stages train one task at a time: no mix
         console.print(f"[yellow]warning: data mix: {w}")
     return Prepared(cfg, tok, fmt, tasks, task_train, task_val, mix)
+
+
+def plan_mix(cfg: RetuneConfig, tasks: list[TaskData], task_train: list[list[Encoded]]) -> mixing.MixPlan:
+    """The counts of each trained task in an epoch (planned again when a stage makes its own pairs)."""
+    trained = [i for i, x in enumerate(task_train) if x]
+    d = cfg.data
+    names = [tasks[i].name for i in trained]
+    sizes, weights = [len(task_train[i]) for i in trained], [tasks[i].weight for i in trained]
+    return mixing.plan(sizes, d.mixing, weights, d.mixing_temperature, d.epoch_size, d.oversample, names)
 
 
 def default_template(objective: Objective) -> TemplateConfig | None:
@@ -95,4 +93,4 @@ def encode_task(
 ) -> list[Encoded]:
     """Encode one task's records by its stage type and the model's task type; each example carries the
     task's loss weight."""
-    return objective.encode_task(task_type(cfg.model.task), fmt, task, records, where, cfg.trainer.seed)
+    return objective.encode_task(task_type(cfg.model.task), fmt, task, records, where, cfg.trainer.seed, cfg.eval.max_new_tokens)
