@@ -46,7 +46,10 @@ def test_keys_walk_lists_unions_and_methods():
     assert keys[("data.train.encoding", "data")].default == "utf-8"
     assert keys[("trainer.batch_size", "trainer")].type == "integer >= 1"
     assert keys[("adapter.dropout", "adapter")].type == "number >= 0 and < 1"
-    assert keys[("stages[].task", "stages")].type == "task (see data.tasks[])"
+    assert keys[("stages[].task", "stages: sft")].type == "task (see data.tasks[])"
+    types = {s for k, s in keys if k == "stages[].type"}  # one table per stage type, as retention methods
+    assert types == {"stages: sft", "stages: dpo", "stages: orpo", "stages: simpo"}
+    assert keys[("stages[].beta", "stages: dpo")].default == "0.1"
     methods = {s for k, s in keys if k == "retention[].weight"}
     assert methods == {"retention: ewc", "retention: si", "retention: l2sp", "retention: distill"}
     assert "--nproc" in keys[("trainer.batch_size", "trainer")].doc
@@ -56,7 +59,7 @@ def test_prefixes():
     assert [k.key for k in describe_keys("data.tasks.0.train")] == ["data.tasks[].train"]
     assert [k.key for k in describe_keys("data.tasks[1].template")][:2] == ["data.tasks[].template"]
     assert {k.key for k in describe_keys("batch_size")} == {"eval.batch_size", "trainer.batch_size", "retention[].batch_size"}
-    assert [k.key for k in describe_keys("learning_rate")] == ["trainer.lr", "stages[].lr"]  # other tools' names
+    assert {k.key for k in describe_keys("learning_rate")} == {"trainer.lr", "stages[].lr"}  # other tools' names
     assert all(k.key.startswith("trainer") for k in describe_keys("trainer"))
     with pytest.raises(UsageError) as e:
         describe_keys("trainer.bach_size")

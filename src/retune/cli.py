@@ -173,13 +173,17 @@ def _train_processes(config: str | None, set_: list[str] | None, resume: str | N
 def validate(config: str, set_: SetOpt = None) -> None:
     """Check a config (keys, types, combinations, data files and columns) without loading a model."""
     from retune.config import load_config
-    from retune.data.dataset import load_task_config, load_tasks
+    from retune.data.dataset import load_task_config
     from retune.models.resolve import resolve_base
+    from retune.objectives import objective_for
     from retune.recipes.stages import stage_tasks
+    from retune.session.prepare import default_template
 
     cfg = load_config(config, set_)
     resolve_base(cfg.model.base, materialise=False)
-    tasks = [load_task_config(t, cfg.data, cfg.eval) for t in stage_tasks(cfg)] if cfg.stages else load_tasks(cfg.data, cfg.eval)
+    configs = stage_tasks(cfg) if cfg.stages else cfg.data.task_list()
+    kinds = [objective_for(s) for s in cfg.stages] if cfg.stages else [objective_for(cfg.objective)] * len(configs)
+    tasks = [load_task_config(t, cfg.data, cfg.eval, default_template(k)) for t, k in zip(configs, kinds, strict=True)]
     for t in cfg.retain.tasks:  # retained tasks' sources are data too: a wrong path fails here, not after training
         load_task_config(t, cfg.data, cfg.eval)
     parts = [f"task {t.name}: {len(t.train)} train, {len(t.validation)} validation, {len(t.test)} test; metric {t.metric}" for t in tasks]

@@ -139,20 +139,28 @@ def _explain(e: ValidationError) -> str:
 def _section(loc: tuple) -> type[BaseModel] | None:
     """The pydantic class at a location like ('adapter',) or ('data', 'train', 'SourceConfig')."""
     cls: Any = RetuneConfig
+    members: list[Any] = []
     for p in loc:
         if isinstance(p, int):
             continue
         field = cls.model_fields.get(p) if hasattr(cls, "model_fields") else None
         if field is None:
-            # union branches appear in the location by class name
+            # union branches appear in the location by class name, or by their tag (objective.dpo)
             cand = {c.__name__: c for c in (SourceConfig, TemplateConfig, TaskConfig)}
+            cand.update({tag: m for m in members for tag in _tags(m)})
             cls = cand.get(p, cls)
             continue
-        ann = field.annotation
-        cls = next((a for a in _flatten(ann) if isinstance(a, type) and issubclass(a, BaseModel)), None)
+        members = [a for a in _flatten(field.annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+        cls = members[0] if members else None
         if cls is None:
             return None
     return cls if isinstance(cls, type) and issubclass(cls, BaseModel) else None
+
+
+def _tags(cls: type[BaseModel]) -> list[str]:
+    """The tag values a union member answers to (its `type` or `method` literal)."""
+    fields = cls.model_fields
+    return [str(v) for key in ("type", "method") if key in fields for v in getattr(fields[key].annotation, "__args__", ())]
 
 
 def _flatten(ann: Any) -> list[Any]:

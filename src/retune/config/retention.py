@@ -8,6 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from retune.config.data import TaskConfig
+from retune.config.objective import DPOObjective, ORPOObjective, SFTObjective, SimPOObjective
 from retune.config.sections import _Strict
 
 
@@ -123,8 +124,8 @@ class RetainConfig(_Strict):
     e.g. [{task: hellaswag, limit: 500}]."""
 
 
-class StageConfig(_Strict):
-    """One fine-tuning stage of a sequence (`stages:`): its task and optional trainer overrides."""
+class _StageFields(_Strict):
+    """The keys every stage has, whatever its type."""
 
     name: str | None = None
     """The stage's (and its task's) name in logs, summary.json and the accuracy matrix; the task's own
@@ -137,3 +138,23 @@ class StageConfig(_Strict):
     """trainer.max_steps for this stage."""
     lr: float | None = Field(None, gt=0)
     """trainer.lr for this stage."""
+
+
+class StageConfig(_StageFields, SFTObjective):
+    """One fine-tuning stage of a sequence (`stages:`): its task, its type (sft when not given) and
+    optional trainer overrides."""
+
+
+class DPOStageConfig(_StageFields, DPOObjective):
+    """A DPO stage: a stage's keys plus the dpo objective's (the reference is the model as the stage starts)."""
+
+
+class ORPOStageConfig(_StageFields, ORPOObjective):
+    """An ORPO stage: a stage's keys plus the orpo objective's."""
+
+
+class SimPOStageConfig(_StageFields, SimPOObjective):
+    """A SimPO stage: a stage's keys plus the simpo objective's."""
+
+
+Stage = Annotated[StageConfig | DPOStageConfig | ORPOStageConfig | SimPOStageConfig, Field(discriminator="type")]

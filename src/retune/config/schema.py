@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-from pydantic import model_validator
+from typing import Any
+
+from pydantic import field_validator, model_validator
 
 from retune.config.data import DataConfig
-from retune.config.retention import RetainConfig, RetentionMethod, StageConfig
+from retune.config.objective import ObjectiveConfig, SFTObjective, default_type
+from retune.config.retention import RetainConfig, RetentionMethod, Stage
 from retune.config.sections import AdapterConfig, EvalConfig, ModelConfig, OutputConfig, TrainerConfig, _Strict
 
 
@@ -28,9 +31,24 @@ class RetuneConfig(_Strict):
     """Tasks and a probe that measure forgetting (summary.json `retention`: base, final, delta)."""
     retention: list[RetentionMethod] = []
     """Mitigations, combinable: [{method: ewc | si | l2sp | distill | replay, weight: ..., ...}]."""
-    stages: list[StageConfig] = []
+    objective: ObjectiveConfig = SFTObjective()
+    """What a one-stage run minimises: {type: sft} (supervised), or a preference objective
+    {type: dpo | orpo | simpo, ...} on the data's (prompt, chosen, rejected) pairs. With stages:
+    each stage's own `type` and keys say it instead."""
+    stages: list[Stage] = []
     """Fine-tune on these tasks in order (data.* keys other than tasks apply to all); after each stage
-    every task seen so far is scored: the accuracy matrix R, average accuracy, BWT and FWT."""
+    every task seen so far is scored: the accuracy matrix R, average accuracy, BWT and FWT. Each
+    stage has a type (sft by default; dpo, orpo, simpo) with its keys, as `objective:` has."""
+
+    @field_validator("objective", mode="before")
+    @classmethod
+    def _objective_type(cls, v: Any) -> Any:
+        return default_type(v)
+
+    @field_validator("stages", mode="before")
+    @classmethod
+    def _stage_types(cls, v: Any) -> Any:
+        return [default_type(s) for s in v] if isinstance(v, list) else v
 
     @model_validator(mode="after")
     def _check(self) -> RetuneConfig:
@@ -48,6 +66,11 @@ class RetuneConfig(_Strict):
         for i, t in enumerate(self.retain.tasks):
             t._where = f"retain.tasks[{i}]"
         self._check_stages()
+        if self.stages and self.objective.type != "sft":
+            raise ValueError("objective: applies to a one-stage run; with stages: give each stage its type (stages[i].type)")
+        preference = [s.type for s in self.stages if s.type != "sft"] + ([self.objective.type] if self.objective.type != "sft" else [])
+        if preference and "replay" in names:
+            raise ValueError(f"retention replay mixes supervised examples into training; {preference[0]} trains on pairs: drop replay")
         return self
 
     def _check_stages(self) -> None:

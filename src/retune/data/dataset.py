@@ -82,14 +82,15 @@ def load_task(data: DataConfig, ev: EvalConfig) -> TaskData:
     return load_tasks(data, ev)[0]
 
 
-def load_tasks(data: DataConfig, ev: EvalConfig) -> list[TaskData]:
+def load_tasks(data: DataConfig, ev: EvalConfig, default_template: TemplateConfig | None = None) -> list[TaskData]:
     """Every task of a config: data.tasks, or the single-task keys as one task (names are unique:
     DataConfig checks them)."""
-    return [load_task_config(t, data, ev) for t in data.task_list()]
+    return [load_task_config(t, data, ev, default_template) for t in data.task_list()]
 
 
-def load_task_config(tc: TaskConfig, data: DataConfig, ev: EvalConfig) -> TaskData:
-    """Read, split, cap and check one task's records. `data` gives the keys shared by all tasks."""
+def load_task_config(tc: TaskConfig, data: DataConfig, ev: EvalConfig, default_template: TemplateConfig | None = None) -> TaskData:
+    """Read, split, cap and check one task's records. `data` gives the keys shared by all tasks;
+    `default_template` is user data's template when the task has none (preference pairs: prompt -> chosen)."""
     anchor = tc.train if tc.train is not None else tc.test
     if anchor is None:  # TaskConfig's own check; a TaskConfig built with model_construct skips it
         raise UsageError(f"task {tc.name or '?'}: give a train source, or a test source for an evaluation-only task")
@@ -130,7 +131,7 @@ def load_task_config(tc: TaskConfig, data: DataConfig, ev: EvalConfig) -> TaskDa
     if tc.max_eval_samples:
         validation, test = validation[: tc.max_eval_samples], test[: tc.max_eval_samples]
 
-    template = tc.template or (builtin.template if builtin else None)
+    template = tc.template or (builtin.template if builtin else None) or default_template
     if template is None and not data.messages_column:
         raise UsageError(f"task {name}: a template is required for user data, e.g. template: {{prompt: '{{q}}', response: '{{a}}'}}")
     template = template or TemplateConfig()

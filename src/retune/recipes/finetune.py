@@ -10,6 +10,7 @@ from typing import Any
 
 from retune.config import RetuneConfig
 from retune.evaluate.report import print_scores
+from retune.objectives import objective_for
 from retune.rundir import RunDir
 from retune.session import Session
 from retune.session.retain import print_tradeoff
@@ -19,12 +20,14 @@ from retune.train import distributed as dist
 
 def run(cfg: RetuneConfig, resumed: RunDir | None = None) -> tuple[RunDir, dict[str, Any]]:
     s = Session.begin(cfg, resumed)
+    objective = objective_for(cfg.objective)  # the stage type: sft, or a preference objective
     prep = s.prepare()
     model = s.load_model(labels=prep.tasks[0].labels)
     run_dir = s.open_run()
     base = s.score_base(model)
     train = s.retention.replay(model, prep.epoch_examples, s.autocast)  # replay is data: mixed in here
     model = s.attach(model)
+    s.reference(model, objective, *prep.task_train, *prep.task_val)  # dpo's reference: the model as training starts
     regularizers = s.regularizers(model)
     names = [t.name for t in prep.tasks]
     summary: dict[str, Any] = {
@@ -35,7 +38,9 @@ def run(cfg: RetuneConfig, resumed: RunDir | None = None) -> tuple[RunDir, dict[
         "tasks": s.task_info(model),
     }
     try:
-        model, state = s.fit(model, train, prep.val_by_task, run_dir.checkpoints, regularizers, resume=resumed is not None)
+        model, state = s.fit(
+            model, train, prep.val_by_task, run_dir.checkpoints, regularizers, resume=resumed is not None, objective=objective
+        )
     except KeyboardInterrupt:
         s.write_summary({**summary, "status": f"interrupted; resume with: retune train --resume {run_dir.path}"})
         raise
@@ -57,6 +62,9 @@ def run(cfg: RetuneConfig, resumed: RunDir | None = None) -> tuple[RunDir, dict[
         uncertainty=uncertainty(run_dir, names, "base", "tuned"),
         train=s.train_stats([state], model),
     )
+    preference = s.preference_scores(model, objective, [e for v in prep.val_by_task.values() for e in v])
+    if preference:
+        summary["preference"] = preference
     s.finish(summary)
     how = summary["scoring"] if isinstance(summary["scoring"], str) else "per-task"
     print_scores(f"{summary['task']}: base vs tuned ({how} scoring)", base, final)

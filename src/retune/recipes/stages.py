@@ -20,6 +20,7 @@ from retune.config import RetuneConfig, TaskConfig
 from retune.data.replay import ReplayBuffer, replay_mix
 from retune.evaluate.forgetting import plot_matrix, primary, sequence_metrics
 from retune.evaluate.report import console
+from retune.objectives import objective_for
 from retune.rundir import RunDir
 from retune.session import Session
 from retune.session.retain import print_tradeoff
@@ -34,7 +35,8 @@ def stage_tasks(cfg: RetuneConfig) -> list[TaskConfig]:
 
 def run(cfg: RetuneConfig) -> tuple[RunDir, dict[str, Any]]:
     s = Session.begin(cfg)
-    prep = s.prepare(stage_tasks(cfg))
+    objectives = [objective_for(stage) for stage in cfg.stages]  # each stage's type: sft, dpo, ...
+    prep = s.prepare(stage_tasks(cfg), objectives)
     names = [t.name for t in prep.tasks]
     model = s.load_model(labels=prep.tasks[0].labels)
     run_dir = s.open_run()
@@ -50,9 +52,11 @@ def run(cfg: RetuneConfig) -> tuple[RunDir, dict[str, Any]]:
     R: list[list[float]] = []
     scores: list[dict] = []
     states = []
-    for i, (stage, task) in enumerate(zip(cfg.stages, prep.tasks, strict=True)):
-        console.print(f"[bold]stage {i + 1}/{len(names)}: {task.name}")
+    preference: dict[str, Any] = {}
+    for i, (stage, task, objective) in enumerate(zip(cfg.stages, prep.tasks, objectives, strict=True)):
+        console.print(f"[bold]stage {i + 1}/{len(names)}: {task.name} ({objective.name})")
         train = prep.task_train[i]
+        s.reference(model, objective, train, prep.task_val[i])  # dpo's reference: the model this stage starts from
         data = replay_mix(train, buffer.examples(), replay.share, cfg.trainer.seed + i) if replay and len(buffer) else train
         over = {k: v for k, v in (("epochs", stage.epochs), ("max_steps", stage.max_steps), ("lr", stage.lr)) if v is not None}
         stage_dir = run_dir.stage(i + 1)
@@ -65,8 +69,11 @@ def run(cfg: RetuneConfig) -> tuple[RunDir, dict[str, Any]]:
             cfg.trainer.model_copy(update=over),
             stage=i + 1,
             label=task.name,
+            objective=objective,
         )
         states.append(state)
+        if dist.is_main() and objective.metric_names:
+            preference[task.name] = s.preference_scores(model, objective, prep.task_val[i])
         if dist.is_main():
             save_weights(stage_dir / "trainable.safetensors", model)  # each stage checkpointed
         row = s.score(model, f"after {task.name}", f"stage-{i + 1}")  # rank 0; the others wait at the barrier
@@ -97,6 +104,8 @@ def run(cfg: RetuneConfig) -> tuple[RunDir, dict[str, Any]]:
         stages={"tasks": names, "R": R, "baseline": baseline, **seq, "matrix_png": "matrix.png"},
         train=s.train_stats(states, model),
     )
+    if preference:
+        summary["preference"] = preference
     s.finish(summary)
     print_matrix(names, R, baseline, seq)
     if retained:

@@ -41,10 +41,11 @@ from retune.io import append_jsonl, replace_dir, staging_dir
 from retune.models import loss as loss_mod
 from retune.models.load import compute_dtype, count_params, load_base, load_tokenizer, path_report, prepare_for_training
 from retune.models.resolve import resolve_base
+from retune.objectives import SFT, Objective
 from retune.retention import RetentionContext
 from retune.retention.base import Regularizer
 from retune.rundir import RunDir, check_output_dir
-from retune.session.prepare import Prepared, prepare_data
+from retune.session.prepare import Prepared, plan_mix, prepare_data
 from retune.session.retain import Retention
 from retune.session.uncertainty import write_scores
 from retune.train import distributed as dist
@@ -129,11 +130,12 @@ class Session:
         set_seed(cfg.trainer.seed)
         return cls(cfg, dist.main_first(lambda: resolve_base(cfg.model.base)), resumed)
 
-    def prepare(self, task_configs: list[TaskConfig] | None = None) -> Prepared:
+    def prepare(self, task_configs: list[TaskConfig] | None = None, objectives: list[Objective] | None = None) -> Prepared:
         """Tokenizer, tasks and retained sets: every bad input in data or templates fails here,
-        before the run directory exists, so a rejected config leaves nothing behind."""
+        before the run directory exists, so a rejected config leaves nothing behind. Each task is
+        encoded by its stage type (`objectives`; default: the config's `objective:`)."""
         tok = load_tokenizer(self.model_path, self.cfg.model)
-        self.prep = dist.main_first(lambda: prepare_data(self.cfg, tok, task_configs))
+        self.prep = dist.main_first(lambda: prepare_data(self.cfg, tok, task_configs, objectives))
         self.policy = Retention.load(self.cfg, tok, self.prep.fmt)
         return self.prep
 
@@ -274,6 +276,19 @@ class Session:
         """The retention penalties, built after the adapter is attached (the trainable set is known)."""
         return self.retention.regularizers(model, self.tok.pad_token_id, self.autocast, self.log)
 
+    def reference(self, model: Model, objective: Objective, *example_sets: list[Encoded]) -> None:
+        """What a stage type needs from the model as the stage starts (dpo: the reference
+        log-probabilities of every training and validation pair; every rank computes the same)."""
+        batch = self.cfg.eval.batch_size
+        for examples in example_sets:
+            objective.prepare(model, examples, self.tok.pad_token_id, batch, self.autocast)
+        if self.prep is not None:  # pairs made by the model change the training sets' sizes
+            self.prep.mix = plan_mix(self.cfg, self.prep.tasks, self.prep.task_train)
+
+    def preference_scores(self, model: Model, objective: Objective, val: list[Encoded]) -> dict[str, Any]:
+        """summary.json `preference`: the stage type's own scores of the validation set ({} for sft)."""
+        return objective.summary(model, val, self.tok.pad_token_id, self.cfg.eval.batch_size, self.autocast)
+
     def retention_context(self, anchor: list[Encoded]) -> RetentionContext:
         return RetentionContext(pad_id=self.tok.pad_token_id, autocast=self.autocast, anchor_data=anchor, log=self.log)
 
@@ -288,6 +303,7 @@ class Session:
         resume: bool = False,
         stage: int | None = None,
         label: str = "training",
+        objective: Objective = SFT,
     ) -> tuple[Model, LoopState]:
         """Train with the session's hooks (metrics, progress, the retention gate at each evaluation),
         then end on the weights the config selects (best validation loss, or the best within
@@ -303,7 +319,9 @@ class Session:
             hooks.on_end = progress.stop
         if tcfg.eval_every:
             hooks.on_eval = self.retention.eval_hook(ckpt_dir, self.autocast, log)
-        state = fit(model, train, val, tcfg, self.tok.pad_token_id, self.accel, ckpt_dir, regularizers, hooks, resume=resume)
+        state = fit(
+            model, train, val, tcfg, self.tok.pad_token_id, self.accel, ckpt_dir, regularizers, hooks, resume=resume, objective=objective
+        )
         model = self.accel.unwrap_model(model)
         chosen = dist.broadcast_object(self.retention.restore_path(ckpt_dir, log) if dist.is_main() else None)
         if chosen is not None:

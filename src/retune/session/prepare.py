@@ -1,19 +1,22 @@
 """A run's data, encoded for its model: every task's training and validation examples, and the mix.
 
-The task type (models/tasks.py) encodes each record, so causal LMs, classifiers and seq2seq models
-go through the same path; every example carries its task's loss weight.
+The stage type (objectives/: sft, dpo, ...) encodes each record, through the model's task type
+(models/tasks.py) for sft, so causal LMs, classifiers and seq2seq models go through the same path;
+every example carries its task's loss weight.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from retune.config import RetuneConfig, TaskConfig
+from retune.config import RetuneConfig, TaskConfig, TemplateConfig
 from retune.data import mixing
-from retune.data.dataset import TaskData, load_task_config, load_tasks
+from retune.data.dataset import TaskData, load_task_config
 from retune.data.templates import Encoded, Formatter
 from retune.evaluate.report import console
 from retune.models.tasks import task_type
+from retune.objectives import SFT, Objective, objective_for
+from retune.objectives.pairs import PAIR_TEMPLATE
 from retune.types import Tokenizer
 
 
@@ -48,39 +51,46 @@ class Prepared:
         return [sets[t][j] for t, j in mixing.epoch_indices(sizes, self.mix.counts, self.cfg.trainer.seed, epoch)]
 
 
-def prepare_data(cfg: RetuneConfig, tok: Tokenizer, task_configs: list[TaskConfig] | None = None) -> Prepared:
-    """Load and encode the config's tasks (data.tasks or the shorthand), or `task_configs` (the stages)."""
-    if task_configs is None:
-        tasks = load_tasks(cfg.data, cfg.eval)
-    else:
-        tasks = [load_task_config(tc, cfg.data, cfg.eval) for tc in task_configs]
+def prepare_data(
+    cfg: RetuneConfig, tok: Tokenizer, task_configs: list[TaskConfig] | None = None, objectives: list[Objective] | None = None
+) -> Prepared:
+    """Load and encode the config's tasks (data.tasks or the shorthand), or `task_configs` (the stages),
+    each by its stage type (`objectives`, one per task; default: the config's `objective:`)."""
+    configs = task_configs if task_configs is not None else cfg.data.task_list()
+    objectives = objectives or [objective_for(cfg.objective)] * len(configs)
+    objectives = [o if tc.train is not None else SFT for tc, o in zip(configs, objectives, strict=True)]  # evaluation-only: scored as usual
+    tasks = [load_task_config(tc, cfg.data, cfg.eval, default_template(obj)) for tc, obj in zip(configs, objectives, strict=True)]
     task_type(cfg.model.task).check_tasks(tasks)
     fmt = Formatter(tok, cfg.data)
-    task_train = [encode_task(cfg, fmt, t, t.train, f"{t.name} train") for t in tasks]
-    task_val = [encode_task(cfg, fmt, t, t.validation, f"{t.name} validation") for t in tasks]
+    task_train = [encode_task(cfg, fmt, t, t.train, f"{t.name} train", o) for t, o in zip(tasks, objectives, strict=True)]
+    task_val = [encode_task(cfg, fmt, t, t.validation, f"{t.name} validation", o) for t, o in zip(tasks, objectives, strict=True)]
     if fmt.cut_responses:
         console.print(f"[yellow]warning: {fmt.cut_responses} responses were longer than data.max_length={cfg.data.max_length} and were cut")
-    trained = [i for i, x in enumerate(task_train) if x]
-    d = cfg.data
-    names = [tasks[i].name for i in trained]
-    mix = mixing.plan(
-        [len(task_train[i]) for i in trained],
-        d.mixing,
-        [tasks[i].weight for i in trained],
-        d.mixing_temperature,
-        d.epoch_size,
-        d.oversample,
-        names,
-    )
+    mix = plan_mix(cfg, tasks, task_train)
     for w in mix.warnings if task_configs is None else []:  # stages train one task at a time: no mix
         console.print(f"[yellow]warning: data mix: {w}")
     return Prepared(cfg, tok, fmt, tasks, task_train, task_val, mix)
 
 
-def encode_task(cfg: RetuneConfig, fmt: Formatter, task: TaskData, records: list[dict], where: str) -> list[Encoded]:
-    """Encode one task's records for the model's task type; each example carries the task's loss weight."""
-    kind = task_type(cfg.model.task)
-    out = [kind.encode(fmt, task.template, r, task.labels, f"{where} record {i + 1}") for i, r in enumerate(records)]
-    for e in out:
-        e.weight = task.loss_weight
-    return out
+def plan_mix(cfg: RetuneConfig, tasks: list[TaskData], task_train: list[list[Encoded]]) -> mixing.MixPlan:
+    """The counts of each trained task in an epoch (planned again when a stage makes its own pairs)."""
+    trained = [i for i, x in enumerate(task_train) if x]
+    d = cfg.data
+    names = [tasks[i].name for i in trained]
+    sizes, weights = [len(task_train[i]) for i in trained], [tasks[i].weight for i in trained]
+    return mixing.plan(sizes, d.mixing, weights, d.mixing_temperature, d.epoch_size, d.oversample, names)
+
+
+def default_template(objective: Objective) -> TemplateConfig | None:
+    """User data without a template: preference pairs in TRL's format read prompt -> chosen (the chosen
+    answer is the reference when the task is scored); supervised data must say its template."""
+    cfg = getattr(objective, "cfg", None)
+    return PAIR_TEMPLATE if getattr(cfg, "pairs", None) == "data" else None
+
+
+def encode_task(
+    cfg: RetuneConfig, fmt: Formatter, task: TaskData, records: list[dict], where: str, objective: Objective = SFT
+) -> list[Encoded]:
+    """Encode one task's records by its stage type and the model's task type; each example carries the
+    task's loss weight."""
+    return objective.encode_task(task_type(cfg.model.task), fmt, task, records, where, cfg.trainer.seed, cfg.eval.max_new_tokens)

@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +17,9 @@ import torch
 from safetensors.torch import load_file
 
 from retune.config import TrainerConfig
-from retune.data.batching import batch_indices, collate
+from retune.data.batching import batch_indices
 from retune.data.templates import Encoded
-from retune.evaluate.scoring import nll_totals
-from retune.models.loss import training_loss
+from retune.objectives import SFT, Objective
 from retune.retention.base import Regularizer
 from retune.train import distributed as dist
 from retune.train.checkpoint import LoopState, latest_checkpoint, load_checkpoint, load_trainable, save_checkpoint, save_weights
@@ -32,9 +31,10 @@ from retune.types import Accelerator, Model
 class StepResult:
     """What one optimizer step measured, summed over processes."""
 
-    loss: float  # the task's token NLL of the step (per labelled token, task-weighted), penalties excluded
+    loss: float  # the objective's loss of the step (sft: token NLL per labelled token, task-weighted), penalties excluded
     penalties: dict[str, float]  # {regularizer name: its penalty}, for those that returned a term
     tokens: int  # non-pad tokens of the global batch
+    metrics: dict[str, float] = field(default_factory=dict)  # the objective's own, per unit (dpo: reward accuracy, margin)
 
 
 def _noop(*args: Any) -> None:
@@ -70,6 +70,7 @@ class _Run:
     pad_id: int
     regularizers: Sequence[Regularizer]
     ckpt_dir: Path
+    objective: Objective  # the stage type: how examples batch, the loss, the validation sums
 
 
 def fit(
@@ -83,12 +84,14 @@ def fit(
     regularizers: Sequence[Regularizer] = (),
     hooks: Hooks | None = None,
     resume: bool = False,
+    objective: Objective = SFT,
 ) -> LoopState:
     """Train for cfg's steps; returns where the loop stopped (with the best weights loaded if asked).
 
     `train` is a list, or a function epoch -> that epoch's examples (a multi-task mix drawn afresh
     each epoch; data/mixing.py); every epoch has the same size. `val` is a list, or {task: list} when
-    each task's validation loss is logged too (early stopping follows the pooled loss).
+    each task's validation loss is logged too (early stopping follows the pooled loss). `objective`
+    is the stage type (objectives/): sft's token loss unless a preference stage's is given.
     """
     hooks = hooks or Hooks()
     log = hooks.log if dist.is_main() else _noop  # metrics are written once, by rank 0
@@ -97,7 +100,7 @@ def fit(
     # micro-batches: the same examples meet in a step whatever the split (1x8 == 8x1).
     global_batch = cfg.batch_size * cfg.grad_accum
     steps = total_steps(cfg, len(epoch_examples(0)))
-    run = _prepare(model, cfg, steps, accelerator, pad_id, regularizers, ckpt_dir)
+    run = _prepare(model, cfg, steps, accelerator, pad_id, regularizers, ckpt_dir, objective)
     state = LoopState()
     ckpt = latest_checkpoint(ckpt_dir) if resume else None
     if ckpt is not None:
@@ -108,7 +111,7 @@ def fit(
     try:
         while state.step < steps and not state.stopped_early:
             pool = epoch_examples(state.epoch)
-            batches = batch_indices([len(e.input_ids) for e in pool], global_batch, cfg.seed, state.epoch)
+            batches = batch_indices([objective.length(e) for e in pool], global_batch, cfg.seed, state.epoch)
             for batch in batches[state.batch_in_epoch :]:
                 t0 = time.perf_counter()
                 result = _step(run, [pool[i] for i in batch])
@@ -144,27 +147,27 @@ def _step(run: _Run, examples: list[Encoded]) -> StepResult:
     """One optimizer step on a global batch: each process takes its share, the gradients are summed
     over micro-batches and processes, the penalties' hooks run, and the weights move."""
     run.model.train()
-    # Normalise by the labelled tokens of the whole global batch (all processes), so that 8
-    # micro-batches of 1 give exactly the gradient of one batch of 8, and so do 8 processes.
-    n_target = sum(_labelled(e) for e in examples)
+    # Normalise by the units (sft: labelled tokens; dpo: pairs) of the whole global batch (all processes),
+    # so that 8 micro-batches of 1 give exactly the gradient of one batch of 8, and so do 8 processes.
+    n_target = sum(run.objective.count(e) for e in examples)
     mine = dist.shard(examples)  # every process sees the same global batch and takes every world-th example
     # With fewer examples than processes this one has none; it must still join the gradient all-reduce,
     # so it runs one example with its loss weighted by zero.
     idle = not mine
     scale = 0.0 if idle else 1.0 / n_target
     local = _accumulate(run, examples[:1] if idle else mine, scale)
-    result = _sum_over_processes(local, [reg.name for reg in run.regularizers])
+    result = _sum_over_processes(local, [reg.name for reg in run.regularizers], run.objective.metric_names)
     for name, value in _step_penalties(run).items():
         result.penalties[name] = result.penalties.get(name, 0.0) + value
     _update(run)
-    result.tokens = sum(len(e.input_ids) for e in examples)
+    result.tokens = sum(run.objective.length(e) for e in examples)
     return result
 
 
 def _accumulate(run: _Run, mine: list[Encoded], scale: float) -> StepResult:
     """Forward and backward over this process's micro-batches; returns its share of the step's sums."""
     size = run.cfg.batch_size
-    micro = [collate(mine[s : s + size], run.pad_id) for s in range(0, len(mine), size)]
+    micro = [run.objective.collate(mine[s : s + size], run.pad_id) for s in range(0, len(mine), size)]
     local = StepResult(loss=0.0, penalties={}, tokens=0)
     for k, batch in enumerate(micro):
         # gradients are all-reduced once per step, in the backward of the last micro-batch
@@ -177,11 +180,12 @@ def _accumulate(run: _Run, mine: list[Encoded], scale: float) -> StepResult:
 
 
 def _micro_loss(run: _Run, batch: dict[str, torch.Tensor], scale: float, into: StepResult) -> torch.Tensor:
-    """A micro-batch's task loss (sum of token NLL x scale) plus each regularizer's batch penalty;
-    their values are added to `into`."""
-    # per-task loss weights, when the batch has them, scale each row (B,)
-    loss, _ = training_loss(run.model, batch, batch["weights"] * scale if "weights" in batch else scale)
+    """A micro-batch's objective loss (sft: sum of token NLL x scale) plus each regularizer's batch
+    penalty; their values (and the objective's metrics) are added to `into`."""
+    loss, metrics = run.objective.loss(run.model, batch, scale)
     into.loss += loss.item()
+    for name, value in metrics.items():
+        into.metrics[name] = into.metrics.get(name, 0.0) + value
     for reg in run.regularizers:
         term = reg.batch_penalty(run.plain, batch, scale)
         if term is not None:
@@ -190,15 +194,18 @@ def _micro_loss(run: _Run, batch: dict[str, torch.Tensor], scale: float, into: S
     return loss
 
 
-def _sum_over_processes(local: StepResult, names: list[str]) -> StepResult:
+def _sum_over_processes(local: StepResult, names: list[str], metric_names: Sequence[str] = ()) -> StepResult:
     """The step's sums over all processes; a penalty is reported when any process had a term for it."""
-    # one all-reduce of a float64 vector laid out the same on every process:
-    # [task loss, each regularizer's penalty, each regularizer's count of processes with a term]
+    # one all-reduce of a float64 vector laid out the same on every process: [task loss, each
+    # regularizer's penalty, each regularizer's count of processes with a term, each objective metric]
     values = [local.penalties.get(n, 0.0) for n in names]
     had_term = [float(n in local.penalties) for n in names]
-    loss, *rest = dist.all_reduce_(torch.tensor([local.loss, *values, *had_term], dtype=torch.float64)).tolist()
-    summed, counts = rest[: len(names)], rest[len(names) :]
-    return StepResult(loss=loss, penalties={n: v for n, v, c in zip(names, summed, counts, strict=True) if c}, tokens=local.tokens)
+    metrics = [local.metrics.get(n, 0.0) for n in metric_names]
+    vector = torch.tensor([local.loss, *values, *had_term, *metrics], dtype=torch.float64)
+    loss, *rest = dist.all_reduce_(vector).tolist()
+    summed, counts, extra = rest[: len(names)], rest[len(names) : 2 * len(names)], rest[2 * len(names) :]
+    penalties = {n: v for n, v, c in zip(names, summed, counts, strict=True) if c}
+    return StepResult(loss=loss, penalties=penalties, tokens=local.tokens, metrics=dict(zip(metric_names, extra, strict=True)))
 
 
 def _step_penalties(run: _Run) -> dict[str, float]:
@@ -234,19 +241,22 @@ def _train_row(state: LoopState, result: StepResult, lr: float) -> dict:
         "tokens": state.tokens,
         "tokens_per_s": state.tokens / max(state.train_seconds, 1e-9),
         **{f"penalty/{name}": value for name, value in result.penalties.items()},
+        **result.metrics,
     }
-
-
-def _labelled(e: Encoded) -> int:
-    """Labelled tokens of an example as the loss counts them (targets are the labels shifted by one)."""
-    return sum(1 for y in e.labels[1:] if y != -100)
 
 
 # ---------------------------------------------------------------- set-up, checkpoints, validation
 
 
 def _prepare(
-    model: Model, cfg: TrainerConfig, steps: int, accelerator: Accelerator, pad_id: int, regularizers: Sequence[Regularizer], ckpt_dir: Path
+    model: Model,
+    cfg: TrainerConfig,
+    steps: int,
+    accelerator: Accelerator,
+    pad_id: int,
+    regularizers: Sequence[Regularizer],
+    ckpt_dir: Path,
+    objective: Objective,
 ) -> _Run:
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg, steps)
@@ -257,7 +267,7 @@ def _prepare(
     if dist.check_engine(accelerator, cfg):  # DeepSpeed swapped in its own optimizer: schedule that one
         scheduler = make_scheduler(optimizer, cfg, steps)
     plain = accelerator.unwrap_model(wrapped)
-    return _Run(wrapped, plain, optimizer, scheduler, accelerator, grad_scale, cfg, pad_id, regularizers, ckpt_dir)
+    return _Run(wrapped, plain, optimizer, scheduler, accelerator, grad_scale, cfg, pad_id, regularizers, ckpt_dir, objective)
 
 
 def _resume(run: _Run, ckpt: Path) -> LoopState:
@@ -287,11 +297,14 @@ def _load_best(run: _Run, state: LoopState, log: Callable[[dict], None]) -> None
 def _validate(
     run: _Run, val: list[Encoded] | dict[str, list[Encoded]], state: LoopState, on_eval: Callable[[Model, LoopState], bool], log: Callable
 ) -> None:
-    """Validation loss (pooled, and per task when there are several); best weights; early stopping."""
+    """Validation loss (pooled, and per task when there are several) and the objective's metrics;
+    best weights; early stopping."""
     groups = val if isinstance(val, dict) else {"": val}
-    totals = {name: _nll_sums(run, examples) for name, examples in groups.items() if examples}
-    val_loss = sum(nll for nll, _ in totals.values()) / max(sum(n for _, n in totals.values()), 1.0)
-    per_task = {f"val_loss/{name}": nll / max(n, 1.0) for name, (nll, n) in totals.items()} if len(totals) > 1 else {}
+    totals = {name: _val_sums(run, examples) for name, examples in groups.items() if examples}
+    units = max(sum(t["n"] for t in totals.values()), 1.0)
+    val_loss = sum(t["loss"] for t in totals.values()) / units
+    per_task = {f"val_loss/{name}": t["loss"] / max(t["n"], 1.0) for name, t in totals.items()} if len(totals) > 1 else {}
+    per_task |= {f"val_{m}": sum(t[m] for t in totals.values()) / units for m in run.objective.metric_names}
     if state.best_val is None or val_loss < state.best_val:
         state.best_val, state.best_step, state.bad_evals = val_loss, state.step, 0
         if dist.is_main():
@@ -306,16 +319,16 @@ def _validate(
         state.stopped_early = True
 
 
-def _nll_sums(run: _Run, val: list[Encoded]) -> tuple[float, float]:
-    """(summed token NLL, labelled tokens) of `val` over all processes."""
-    batch_size, autocast = run.cfg.batch_size * 2, run.accelerator.autocast
+def _val_sums(run: _Run, val: list[Encoded]) -> dict[str, float]:
+    """The objective's validation sums of `val` over all processes: {"loss", "n", each metric}."""
+    batch_size, autocast, obj = run.cfg.batch_size * 2, run.accelerator.autocast, run.objective
     # Validation loss is sharded: each process scores its share with the plain model (no DDP
     # forward), then the sums are added. FSDP / ZeRO-3 weights live on all ranks, so there every
     # rank runs every forward, on all the data.
     if dist.params_sharded(run.accelerator):
-        nll, n = nll_totals(run.model, val, run.pad_id, batch_size, autocast)
-        return float(nll), float(n)
+        return obj.validation_sums(run.model, val, run.pad_id, batch_size, autocast)
     mine = dist.shard(val)
-    part = nll_totals(run.plain, mine, run.pad_id, batch_size, autocast) if mine else (0.0, 0)
-    nll, n = dist.all_reduce_(torch.tensor(part, dtype=torch.float64)).tolist()
-    return nll, n
+    keys = ["loss", "n", *obj.metric_names]
+    part = obj.validation_sums(run.plain, mine, run.pad_id, batch_size, autocast) if mine else {}
+    summed = dist.all_reduce_(torch.tensor([part.get(k, 0.0) for k in keys], dtype=torch.float64)).tolist()
+    return dict(zip(keys, summed, strict=True))
