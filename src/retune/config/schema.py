@@ -7,6 +7,7 @@ from pydantic import model_validator
 from retune.config.data import DataConfig
 from retune.config.retention import RetainConfig, RetentionMethod, StageConfig
 from retune.config.sections import AdapterConfig, EvalConfig, ModelConfig, OutputConfig, TrainerConfig, _Strict
+from retune.config.tune import TuneConfig
 
 
 class RetuneConfig(_Strict):
@@ -31,6 +32,8 @@ class RetuneConfig(_Strict):
     stages: list[StageConfig] = []
     """Fine-tune on these tasks in order (data.* keys other than tasks apply to all); after each stage
     every task seen so far is scored: the accuracy matrix R, average accuracy, BWT and FWT."""
+    tune: TuneConfig = TuneConfig()
+    """A search over this config's keys (`retune tune CONFIG`); `retune train` ignores it."""
 
     @model_validator(mode="after")
     def _check(self) -> RetuneConfig:
@@ -48,7 +51,18 @@ class RetuneConfig(_Strict):
         for i, t in enumerate(self.retain.tasks):
             t._where = f"retain.tasks[{i}]"
         self._check_stages()
+        self._check_tune()
         return self
+
+    def _check_tune(self) -> None:
+        t = self.tune
+        if not t.space:
+            return
+        if "worst_retained" in t.objectives or t.max_forgetting is not None:
+            if not (self.retain.tasks or self.retain.probe):
+                raise ValueError("tune: worst_retained and max_forgetting need retain: tasks (or a probe) to measure forgetting on")
+        if t.prune and not self.trainer.eval_every:
+            raise ValueError("tune.prune needs trainer.eval_every (the steps at which trials are compared); or tune.prune: false")
 
     def _check_stages(self) -> None:
         # A stage's task name is its own name, the stage's, or the train source's stem (a built-in's
