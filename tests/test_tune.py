@@ -154,20 +154,16 @@ def test_killed_search_resumes_without_losing_or_recounting_a_trial(tmp_path, ti
 
 
 def test_two_workers_share_one_sqlite_study(tmp_path, tiny_model, tiny_data):
-    cfg = _cfg(tmp_path, tiny_model, tiny_data, prune=False, trials=4)
-    folder = tmp_path / "runs" / "tiny-tune"
-    first = _spawn([str(cfg)])
-    deadline = time.monotonic() + 240
-    while not (folder / "trial-000").exists():  # the study exists once its first trial runs
-        assert first.poll() is None and time.monotonic() < deadline, first.communicate()[1]
-        time.sleep(0.2)
-    second = _spawn([str(cfg), "--resume"])
-    (c1, e1), (c2, e2) = _wait(first), _wait(second)
+    cfg = _cfg(tmp_path, tiny_model, tiny_data, prune=False, trials=6)
+    loaded = load_config(cfg)
+    open_study(loaded, loaded.tune, tune_dir(loaded), None, resume=False)  # `retune tune` makes it; both workers join
+    folder = tune_dir(loaded)
+    workers = [_spawn([str(cfg), "--resume"]) for _ in range(2)]
+    (c1, e1), (c2, e2) = (_wait(w) for w in workers)
     assert (c1, c2) == (0, 0), e1 + e2
     report = json.loads((folder / "tune.json").read_text())
-    numbers = [t["number"] for t in report["trials"]]
-    assert numbers == [0, 1, 2, 3]
+    assert [t["number"] for t in report["trials"]] == list(range(6))  # no number twice, none missing
     assert {t["state"] for t in report["trials"]} == {"COMPLETE"}
-    pids = {json.loads(Path(t["run_dir"], "summary.json").read_text())["status"] for t in report["trials"]}
-    assert pids == {"completed"}
-    assert sorted(p.name for p in folder.glob("trial-*")) == [f"trial-{n:03d}" for n in range(4)]
+    assert {json.loads(Path(t["run_dir"], "summary.json").read_text())["status"] for t in report["trials"]} == {"completed"}
+    assert len({t["worker"] for t in report["trials"]}) == 2, [t["worker"] for t in report["trials"]]  # both ran trials
+    assert sorted(p.name for p in folder.glob("trial-*")) == [f"trial-{n:03d}" for n in range(6)]

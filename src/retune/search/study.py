@@ -129,9 +129,12 @@ def interrupt(study: Any, number: int, params: dict[str, Any]) -> None:
 
 
 def counted(study: Any) -> list[Any]:
-    """The trials that count towards tune.trials: all but the interrupted ones (they are retried)."""
+    """The trials that count towards tune.trials: all but the interrupted ones (they are retried) and
+    the queued ones (study.ask() starts them first)."""
+    from optuna.trial import TrialState
+
     skip = set(study.user_attrs.get(INTERRUPTED, []))
-    return [t for t in study.get_trials(deepcopy=False) if t.number not in skip]
+    return [t for t in study.get_trials(deepcopy=False) if t.number not in skip and t.state != TrialState.WAITING]
 
 
 def claim(study: Any, trials: int) -> Any | None:
