@@ -33,7 +33,7 @@ class KeyDoc:
     section: str  # the top-level key, or "retention: ewc" for one method's keys
 
 
-_NOUNS = {"SourceConfig": "source", "TemplateConfig": "template", "TaskConfig": "task", "StageConfig": "stage"}
+_NOUNS = {"SourceConfig": "source", "TemplateConfig": "template", "TaskConfig": "task", "StageConfig": "stage", "ParamSpace": "range"}
 _SCALARS = {str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null", Any: "any"}
 
 
