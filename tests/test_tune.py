@@ -22,11 +22,12 @@ from retune.cli import app, run_train, train_config
 from retune.config import load_config
 from retune.errors import UsageError
 from retune.recipes import tune as search
-from retune.search.report import outcome
+from retune.search.report import excess, outcome
 from retune.search.study import open_study, tune_dir
 
 runner = CliRunner()
 LR = {"trainer.lr": {"loguniform": [1e-3, 3e-2]}}
+KEPT = {"template": {"prompt": "Is this review positive? {text}", "response": "{label}"}, "labels": ["negative", "positive"]}
 
 
 def _cfg(tmp_path, tiny_model, tiny_data, space=None, name="tiny", **tune) -> Path:
@@ -35,7 +36,7 @@ def _cfg(tmp_path, tiny_model, tiny_data, space=None, name="tiny", **tune) -> Pa
         tiny_data,
         tmp_path / "runs",
         trainer={"max_steps": 4, "eval_every": 2, "threads": 1},
-        retain={"probe_samples": 4},
+        retain={"probe_samples": 4, "tasks": [{"name": "kept", "train": str(tiny_data["test"]), **KEPT}]},
         output={"name": name},
     )
     raw["tune"] = {"space": space or LR, "trials": 3, "startup_trials": 2, **tune}
@@ -82,10 +83,15 @@ def test_search_writes_front_and_best_yaml_that_trains(tmp_path, tiny_model, tin
         ran = yaml.safe_load((Path(t["run_dir"]) / "config.yaml").read_text())
         assert ran["trainer"]["lr"] == t["params"]["trainer.lr"] and ran["adapter"]["r"] == t["params"]["adapter.r"]
         assert t["values"][1] == pytest.approx(-summary["retention"]["general-text"]["forgetting"])
-        assert t["intervals"]["gain"]["low"] <= t["intervals"]["gain"]["delta"] <= t["intervals"]["gain"]["high"]
+        for name in ("gain", "kept"):  # paired 95% intervals of the new task's gain and the retained task's change
+            assert t["intervals"][name]["low"] <= t["intervals"][name]["delta"] <= t["intervals"][name]["high"]
+        assert t["intervals"]["kept"]["delta"] == pytest.approx(t["retained"]["kept"])
+        assert t["values"][1] == pytest.approx(min(t["retained"].values()))
     # the front is the non-dominated set (both objectives maximised)
     vals = {t["number"]: t["values"] for t in on_disk["trials"]}
-    dominated = {a for a in vals for b in vals if b != a and all(x >= y for x, y in zip(vals[b], vals[a])) and vals[b] != vals[a]}
+    dominated = {
+        a for a in vals for b in vals if b != a and all(x >= y for x, y in zip(vals[b], vals[a], strict=True)) and vals[b] != vals[a]
+    }
     assert set(on_disk["front"]) == set(vals) - dominated
     assert on_disk["best"] == max(vals, key=lambda n: (vals[n][0], vals[n][1]))
     assert (folder / "front.png").stat().st_size > 0
@@ -99,6 +105,14 @@ def test_search_writes_front_and_best_yaml_that_trains(tmp_path, tiny_model, tin
     # a second start without --resume refuses to overwrite the study
     with pytest.raises(UsageError, match="already exists"):
         search.run(load_config(cfg), train_config)
+
+
+def test_max_forgetting_point_or_significant():
+    out = {"retained": {"a": -4.0, "b": -1.0, "general-text": -0.5}, "intervals": {"a": {"delta": -4.0, "low": -9.0, "high": 1.0}}}
+    assert excess(out, 3.0, "point") == pytest.approx(1.0)  # a lost 4 > 3: infeasible
+    assert excess(out, 3.0, "significant") == pytest.approx(-2.0)  # a's interval reaches +1: not certain; b lost 1
+    out["intervals"]["a"]["high"] = -3.5
+    assert excess(out, 3.0, "significant") == pytest.approx(0.5)  # now a surely lost more than 3
 
 
 def test_pruner_stops_a_hopeless_trial(tmp_path, tiny_model, tiny_data):

@@ -73,6 +73,11 @@ class TuneConfig(_Strict):
     """A constraint: a trial is feasible when no retained task (or the probe) loses more than this
     many points (the retention gate's notion, trainer.max_forgetting). best.yaml is the best feasible
     trial; the sampler prefers feasible trials."""
+    constraint: Literal["point", "significant"] = "point"
+    """How max_forgetting is read. point: a retained task's measured drop must not exceed it.
+    significant: a trial is infeasible only when the paired 95% interval of a retained task's change
+    lies wholly below -max_forgetting (the drop exceeds it beyond doubt); the probe, which has no
+    per-example scores, is read as point."""
     sampler: Literal["tpe", "nsga2", "random"] = "tpe"
     """Optuna's multi-objective sampler: tpe (TPESampler), nsga2 (NSGAIISampler) or random."""
     startup_trials: int = Field(4, ge=0)

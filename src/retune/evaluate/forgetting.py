@@ -16,7 +16,7 @@ from retune.data.dataset import TaskData, load_task_config
 from retune.data.templates import Encoded, Formatter, text_ids
 from retune.errors import UsageError
 from retune.evaluate import scoring
-from retune.evaluate.task_eval import evaluate_task
+from retune.evaluate.task_eval import TaskScores, score_task
 from retune.types import Autocast, Model, Tokenizer
 
 PROBE = "general-text"  # the probe's row in summary.json `retention`
@@ -83,13 +83,23 @@ def load_retained(retain: RetainConfig, data_cfg: DataConfig, ev: EvalConfig, to
 
 
 def score_retained(
-    model: Model, tok: Tokenizer, fmt: Formatter, rset: RetainSet, ev: EvalConfig, autocast: Autocast
+    model: Model,
+    tok: Tokenizer,
+    fmt: Formatter,
+    rset: RetainSet,
+    ev: EvalConfig,
+    autocast: Autocast,
+    examples: dict[str, TaskScores] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """{task: {metric: value, val_loss: ...}} for every retained task, plus {PROBE: {nll: ...}}."""
+    """{task: {metric: value, val_loss: ...}} for every retained task, plus {PROBE: {nll: ...}};
+    each task's per-example scores go into `examples` when given."""
     out: dict[str, dict[str, float]] = {}
     for r in rset.tasks:
         task_ev = ev.model_copy(update={"max_new_tokens": r.task.max_new_tokens}) if r.task.max_new_tokens else ev
-        out[r.task.name] = evaluate_task(model, tok, fmt, r.task, r.val, task_ev, autocast)
+        scored = score_task(model, tok, fmt, r.task, r.val, task_ev, autocast)
+        out[r.task.name] = scored.row
+        if examples is not None:
+            examples[r.task.name] = scored
     if rset.probe:
         out[PROBE] = {"nll": scoring.mean_nll(model, rset.probe, tok.pad_token_id, ev.batch_size, autocast)}
     return out

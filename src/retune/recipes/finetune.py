@@ -55,6 +55,7 @@ def run(cfg: RetuneConfig, resumed: RunDir | None = None, watch: EvalWatch | Non
         retention_history=s.retention.history,
         retention_data=s.retained_data(),
         uncertainty=uncertainty(run_dir, names, "base", "tuned"),
+        retention_uncertainty=s.retained_changes(),
         train=s.train_stats([state], model),
     )
     s.finish(summary)

@@ -94,6 +94,7 @@ def run(cfg: RetuneConfig, watch: EvalWatch | None = None) -> tuple[RunDir, dict
         retention_history=s.retention.history,
         retention_data=s.retained_data(),
         uncertainty=uncertainty(run_dir, names, "base", f"stage-{len(names)}"),
+        retention_uncertainty=s.retained_changes(),
         stages={"tasks": names, "R": R, "baseline": baseline, **seq, "matrix_png": "matrix.png"},
         train=s.train_stats(states, model),
     )

@@ -84,9 +84,10 @@ def run_trial(study: Any, trial: Any, raw: dict, cfg: RetuneConfig, folder: Path
     else:
         out = rep.outcome(summary)
         mf = cfg.tune.max_forgetting
+        over = rep.excess(out, mf, cfg.tune.constraint) if mf is not None else None
         trial.set_user_attr("outcome", out)
-        trial.set_user_attr("forgetting", out["forgetting"])
-        trial.set_user_attr("feasible", mf is None or out["forgetting"] <= mf)
+        trial.set_user_attr("excess", over)
+        trial.set_user_attr("feasible", over is None or over <= 0)
         study.tell(trial, [out[o] for o in cfg.tune.objectives])
 
 

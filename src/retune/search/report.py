@@ -36,11 +36,27 @@ def outcome(summary: dict[str, Any]) -> dict[str, Any]:
         c = change.get(tasks[0], {}).get(metric)
         if c:
             out["intervals"]["gain"] = {k: 100 * c[k] for k in ("delta", "low", "high")} | {"significant": c["significant"]}
-    retained = {name: -r["forgetting"] for name, r in (summary.get("retention") or {}).items()}
+    retention = summary.get("retention") or {}
+    retained = {name: -r["forgetting"] for name, r in retention.items()}
+    paired = summary.get("retention_uncertainty") or {}
+    for name, r in retention.items():
+        c = paired.get(name, {}).get(r["metric"])
+        if c:  # the change in points, with its paired interval (the probe has none)
+            out["intervals"][name] = {k: 100 * c[k] for k in ("delta", "low", "high")} | {"significant": c["significant"]}
     out["retained"] = retained
     out["worst_retained"] = min(retained.values()) if retained else 0.0
     out["forgetting"] = max((-v for v in retained.values()), default=0.0)
     return out
+
+
+def excess(out: dict[str, Any], max_forgetting: float, constraint: str) -> float:
+    """How far a trial is over max_forgetting (<= 0: feasible): point, the largest measured drop;
+    significant, the largest drop that the paired interval makes certain (the interval's upper end)."""
+    drops = []
+    for name, change in out["retained"].items():
+        c = out["intervals"].get(name)
+        drops.append(-c["high"] if constraint == "significant" and c else -change)
+    return max(drops, default=0.0) - max_forgetting
 
 
 def trial_row(t: Any) -> dict[str, Any]:
@@ -101,26 +117,35 @@ def write_outputs(folder: Path, report: dict[str, Any], best_cfg: dict[str, Any]
         write_text(folder / "best.yaml", head + yaml.safe_dump(best_cfg, sort_keys=False))
 
 
+def worst(t: dict[str, Any]) -> tuple[float, dict[str, Any] | None]:
+    """A trial's worst retained change (points) and that task's paired interval, if it has one."""
+    if not t["retained"]:
+        return 0.0, None
+    name = min(t["retained"], key=t["retained"].get)
+    return t["retained"][name], t["intervals"].get(name)
+
+
+def _pm(value: float, c: dict[str, Any] | None) -> str:
+    return f"{value:+.1f} [{c['low']:+.1f}, {c['high']:+.1f}]" if c else f"{value:+.2f}"
+
+
 def print_front(report: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title=f"Pareto front of {report['study']}: new-task score vs worst retained change (points)")
     keys = sorted({k for t in report["trials"] for k in t["params"]})
-    for col in ("trial", *keys, "score", "gain (95% CI)", "worst retained", "feasible"):
+    for col in ("trial", *keys, "score", "gain (95% CI)", "worst retained (95% CI)", "feasible"):
         table.add_column(col, justify="left" if col == "trial" else "right")
     for t in report["trials"]:
         if t["number"] not in report["front"]:
             continue
         g = t["intervals"].get("gain")
-        gain = f"{g['delta']:+.1f} [{g['low']:+.1f}, {g['high']:+.1f}]" if g else ("" if t["gain"] is None else f"{t['gain']:+.1f}")
-        worst = min(t["retained"].values()) if t["retained"] else None
-        mark = "*" if t["number"] == report["best"] else ""
         table.add_row(
-            f"{t['number']}{mark}",
+            f"{t['number']}{'*' if t['number'] == report['best'] else ''}",
             *[_fmt(t["params"].get(k)) for k in keys],
             f"{t['score']:.1f}",
-            gain,
-            "" if worst is None else f"{worst:+.2f}",
+            _pm(g["delta"], g) if g else ("" if t["gain"] is None else f"{t['gain']:+.1f}"),
+            _pm(*worst(t)),
             "yes" if t["feasible"] in (True, None) else "no",
         )
     console.print(table)
@@ -132,7 +157,7 @@ def _fmt(v: Any) -> str:
 
 
 def plot_front(report: dict[str, Any], out_png: Path) -> None:
-    """Gain (with its paired 95% interval) against the worst retained change; the front highlighted."""
+    """Gain against the worst retained change, each with its paired 95% interval; the front highlighted."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -140,24 +165,25 @@ def plot_front(report: dict[str, Any], out_png: Path) -> None:
 
     done = [t for t in report["trials"] if t["state"] == "COMPLETE" and t["retained"] is not None]
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    points = {}
     for t in done:
         on = t["number"] in report["front"]
         y = t["gain"] if t["gain"] is not None else t["score"]
         g = t["intervals"].get("gain")
-        yerr = [[y - g["low"]], [g["high"] - y]] if g else None
-        x = min(t["retained"].values()) if t["retained"] else 0.0
-        ax.errorbar(x, y, yerr=yerr, fmt="o", color="C3" if on else "C0", alpha=1.0 if on else 0.5, capsize=3)
+        x, c = worst(t)
+        points[t["number"]] = (x, y)
+        yerr = [[max(y - g["low"], 0)], [max(g["high"] - y, 0)]] if g else None
+        xerr = [[max(x - c["low"], 0)], [max(c["high"] - x, 0)]] if c else None
+        ax.errorbar(x, y, xerr=xerr, yerr=yerr, fmt="o", color="C3" if on else "C0", alpha=1.0 if on else 0.45, capsize=3)
         ax.annotate(str(t["number"]), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-    front = sorted((t for t in done if t["number"] in report["front"]), key=lambda t: min(t["retained"].values()) if t["retained"] else 0)
+    front = sorted(points[n] for n in report["front"] if n in points)
     if front:
-        xs = [min(t["retained"].values()) if t["retained"] else 0.0 for t in front]
-        ys = [t["gain"] if t["gain"] is not None else t["score"] for t in front]
-        ax.plot(xs, ys, "-", color="C3", label="Pareto front")
+        ax.plot(*zip(*front, strict=True), "-", color="C3", label="Pareto front")
         ax.legend()
     ax.axvline(0, color="grey", lw=0.5)
     ax.set_xlabel("worst retained change (points; < 0: forgot)")
-    ax.set_ylabel("new-task gain over the base (points, paired 95% CI)")
-    ax.set_title(f"{report['study']}: {len(done)} completed trials")
+    ax.set_ylabel("new-task gain over the base (points)")
+    ax.set_title(f"{report['study']}: {len(done)} completed trials, paired 95% intervals")
     fig.tight_layout()
     tmp = out_png.with_name(f".{out_png.name}.tmp.png")
     fig.savefig(tmp, dpi=120)

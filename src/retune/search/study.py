@@ -59,9 +59,9 @@ def _sampler(tune: TuneConfig, seed: int, joining: bool) -> Any:
     # together propose the same first values); the one that creates it is reproducible.
     seed = seed + os.getpid() if joining else seed
 
-    def constraints(t: Any) -> list[float]:
-        lost = t.user_attrs.get("forgetting")
-        return [lost - tune.max_forgetting] if lost is not None and tune.max_forgetting is not None else [0.0]
+    def constraints(t: Any) -> list[float]:  # <= 0: feasible (recipes/tune.py sets `excess`)
+        over = t.user_attrs.get("excess")
+        return [over if over is not None else 0.0]
 
     cons = constraints if tune.max_forgetting is not None else None
     if tune.sampler == "nsga2":

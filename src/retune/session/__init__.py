@@ -36,7 +36,7 @@ from retune.data.templates import Encoded
 from retune.errors import UsageError
 from retune.evaluate.forgetting import PROBE
 from retune.evaluate.report import LiveProgress, console, plot_loss
-from retune.evaluate.task_eval import score_task, scoring_mode
+from retune.evaluate.task_eval import TaskScores, score_task, scoring_mode
 from retune.io import append_jsonl, replace_dir, staging_dir
 from retune.models import loss as loss_mod
 from retune.models.load import compute_dtype, count_params, load_base, load_tokenizer, prepare_for_training
@@ -46,7 +46,7 @@ from retune.retention.base import Regularizer
 from retune.rundir import RunDir, check_output_dir
 from retune.session.prepare import Prepared, prepare_data
 from retune.session.retain import Retention
-from retune.session.uncertainty import write_scores
+from retune.session.uncertainty import changes, read_scores, write_scores
 from retune.train import distributed as dist
 from retune.train.checkpoint import LoopState, load_trainable
 from retune.train.loop import Hooks, fit
@@ -229,7 +229,9 @@ class Session:
         if retained is not None:
             self.retention.base = retained
         elif self.retention.rset and dist.is_main():
-            self.run.write_json("base_retention.json", self.retention.score_base(model, self.autocast))
+            kept: dict[str, TaskScores] = {}
+            self.run.write_json("base_retention.json", self.retention.score_base(model, self.autocast, kept))
+            self._write_retained(kept, "base")
         dist.barrier()
         return base or {}
 
@@ -237,7 +239,25 @@ class Session:
         """summary.json `retention`: each retained task's base, final and change (rank 0)."""
         if not (self.retention.rset and dist.is_main()):
             return {}
-        return self.retention.summary(self.retention.score(model, self.autocast))
+        kept: dict[str, TaskScores] = {}
+        rows = self.retention.score(model, self.autocast, kept)
+        self._write_retained(kept, "tuned")
+        return self.retention.summary(rows)
+
+    def _write_retained(self, kept: dict[str, TaskScores], stage: str) -> None:
+        """scores/retained-<task>-<stage>.jsonl: the retained tasks' per-example scores."""
+        assert self.run is not None
+        for name, scored in kept.items():
+            write_scores(self.run, stage, f"retained-{name}", scored)
+
+    def retained_changes(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """summary.json `retention_uncertainty`: each retained task's base -> tuned change with its
+        paired 95% interval (points / 100, as `uncertainty.change`); the probe has no per-example scores."""
+        if self.run is None or not self.retention.rset.tasks:
+            return {}
+        names = [r.task.name for r in self.retention.rset.tasks]
+        got = changes(*(read_scores(self.run, stage, [f"retained-{n}" for n in names]) for stage in ("base", "tuned")))
+        return {n: got[f"retained-{n}"] for n in names if f"retained-{n}" in got}
 
     def retained_data(self) -> dict[str, str]:
         """summary.json `retention_data`: a content hash of each retained task's records and of the

@@ -17,6 +17,7 @@ from retune.data.replay import replay_mix, self_replay
 from retune.data.templates import Encoded, Formatter
 from retune.evaluate.forgetting import RetainSet, breaches, forgetting, load_retained, retention_summary, score_retained
 from retune.evaluate.report import console
+from retune.evaluate.task_eval import TaskScores
 from retune.models.tasks import task_type
 from retune.retention import RetentionContext, build, memory_report
 from retune.retention.base import Regularizer
@@ -48,14 +49,15 @@ class Retention:
             retain = retain.model_copy(update={"probe": None})  # the NLL probe needs a language-model head
         return cls(cfg, tok, fmt, load_retained(retain, cfg.data, cfg.eval, tok, fmt))
 
-    def score(self, model: Model, autocast: Autocast) -> dict[str, dict]:
-        return score_retained(model, self.tok, self.fmt, self.rset, self.cfg.eval, autocast) if self.rset else {}
+    def score(self, model: Model, autocast: Autocast, examples: dict[str, TaskScores] | None = None) -> dict[str, dict]:
+        """Every retained task's row (and the probe's); per-example scores into `examples` when given."""
+        return score_retained(model, self.tok, self.fmt, self.rset, self.cfg.eval, autocast, examples) if self.rset else {}
 
-    def score_base(self, model: Model, autocast: Autocast) -> dict[str, dict]:
+    def score_base(self, model: Model, autocast: Autocast, examples: dict[str, TaskScores] | None = None) -> dict[str, dict]:
         if self.rset:
             names = [r.task.name for r in self.rset.tasks] + (["general-text probe"] if self.rset.probe else [])
             console.print(f"scoring the base model on what it must retain: {', '.join(names)}")
-        self.base = self.score(model, autocast)
+        self.base = self.score(model, autocast, examples)
         return self.base
 
     # ---------------------------------------------------------------- mitigations
