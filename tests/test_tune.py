@@ -131,6 +131,28 @@ def test_pruner_stops_a_hopeless_trial(tmp_path, tiny_model, tiny_data):
     assert not (Path(pruned["run_dir"]) / "adapter").exists()
 
 
+def test_a_failed_trial_is_data_and_the_study_goes_on(tmp_path, tiny_model, tiny_data):
+    space = {"data.max_length": {"choice": [64, 4]}}  # a valid config whose examples cannot fit 4 tokens
+    cfg = load_config(_cfg(tmp_path, tiny_model, tiny_data, space, trials=2, prune=False))
+    study = open_study(cfg, cfg.tune, tune_dir(cfg), None, resume=False)
+    for n in (4, 64):
+        study.enqueue_trial({"data.max_length": n})
+    report = search.run(cfg, train_config, resume=True)
+    failed, done = report["trials"]
+    assert (failed["state"], done["state"]) == ("FAIL", "COMPLETE")
+    assert failed["reason"].startswith("UsageError: ") and "max_length" in failed["reason"]
+    assert report["best"] == 1 and report["front"] == [1]
+
+
+def test_a_trial_that_cannot_fit_the_budget_is_skipped(tmp_path, tiny_model, tiny_data):
+    cfg = load_config(_cfg(tmp_path, tiny_model, tiny_data, trials=1, prune=False))
+    report = search.run(cfg, train_config, budget_mb=1.0)
+    (t,) = report["trials"]
+    assert t["state"] == "FAIL" and "retune plan predicts a peak of" in t["reason"] and "1 MB budget; skipped" in t["reason"]
+    assert not Path(t["run_dir"]).exists()  # nothing loaded, nothing written
+    assert report["best"] is None and not (tune_dir(cfg) / "best.yaml").exists()
+
+
 def _spawn(args: list[str]) -> subprocess.Popen:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "retune.cli", "tune", *args]

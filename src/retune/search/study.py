@@ -76,8 +76,10 @@ def open_study(cfg: RetuneConfig, tune: TuneConfig, folder: Path, url: str | Non
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    folder.mkdir(parents=True, exist_ok=True)
+    if url is None:
+        folder.mkdir(parents=True, exist_ok=True)  # the SQLite file lives in it
     storage = _storage(folder, url)
+    folder.mkdir(parents=True, exist_ok=True)
     name = study_name(cfg)
     exists = name in {s.study_name for s in optuna.get_all_study_summaries(storage)}
     where = url or str(folder / "study.db")
