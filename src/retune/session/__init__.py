@@ -46,7 +46,7 @@ from retune.retention.base import Regularizer
 from retune.rundir import RunDir, check_output_dir
 from retune.session.prepare import Prepared, prepare_data
 from retune.session.retain import Retention
-from retune.session.uncertainty import changes, read_scores, write_scores
+from retune.session.uncertainty import RETAINED, retained_changes, write_scores
 from retune.train import distributed as dist
 from retune.train.checkpoint import LoopState, load_trainable
 from retune.train.loop import Hooks, fit
@@ -245,19 +245,13 @@ class Session:
         return self.retention.summary(rows)
 
     def _write_retained(self, kept: dict[str, TaskScores], stage: str) -> None:
-        """scores/retained-<task>-<stage>.jsonl: the retained tasks' per-example scores."""
         assert self.run is not None
         for name, scored in kept.items():
-            write_scores(self.run, stage, f"retained-{name}", scored)
+            write_scores(self.run, stage, f"{RETAINED}{name}", scored)
 
     def retained_changes(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """summary.json `retention_uncertainty`: each retained task's base -> tuned change with its
-        paired 95% interval (points / 100, as `uncertainty.change`); the probe has no per-example scores."""
-        if self.run is None or not self.retention.rset.tasks:
-            return {}
-        names = [r.task.name for r in self.retention.rset.tasks]
-        got = changes(*(read_scores(self.run, stage, [f"retained-{n}" for n in names]) for stage in ("base", "tuned")))
-        return {n: got[f"retained-{n}"] for n in names if f"retained-{n}" in got}
+        """summary.json `retention_uncertainty`: each retained task's change with its paired 95% interval."""
+        return retained_changes(self.run, [r.task.name for r in self.retention.rset.tasks]) if self.run else {}
 
     def retained_data(self) -> dict[str, str]:
         """summary.json `retention_data`: a content hash of each retained task's records and of the

@@ -72,6 +72,17 @@ def changes(base: dict[str, dict[str, list[float]]], final: dict[str, dict[str, 
     return out
 
 
+RETAINED = "retained-"  # scores/retained-<task>-<stage>.jsonl: a retained task's per-example scores
+
+
+def retained_changes(run: RunDir, names: list[str]) -> dict[str, dict[str, dict[str, Any]]]:
+    """{task: {metric: {delta, low, high, significant}}}: each retained task's base -> tuned change with
+    its paired 95% interval (the probe has no per-example scores)."""
+    files = [f"{RETAINED}{n}" for n in names]
+    got = changes(read_scores(run, "base", files), read_scores(run, "tuned", files))
+    return {n: got[f] for n, f in zip(names, files, strict=True) if f in got}
+
+
 def uncertainty(run: RunDir, tasks: list[str], before: str, after: str) -> dict[str, Any]:
     """summary.json `uncertainty`: each stage's intervals and the paired changes between the two."""
     b, f = read_scores(run, before, tasks), read_scores(run, after, tasks)
