@@ -92,7 +92,7 @@ def run_trial(study: Any, trial: Any, raw: dict, cfg: RetuneConfig, folder: Path
 
 
 def _end(study: Any, trial: Any, run_dir: Path, state: Any, reason: str) -> None:
-    console.print(f"[yellow]trial {trial.number} {state.name.lower()}: {reason}")
+    console.print(f"[yellow]trial {trial.number} {state.name.lower()}: {reason.removeprefix('pruned: ')}")
     trial.set_user_attr("reason", reason)
     if run_dir.exists():  # the run directory says why it stopped
         old = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else {}
