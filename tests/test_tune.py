@@ -82,7 +82,7 @@ def test_search_writes_front_and_best_yaml_that_trains(tmp_path, tiny_model, tin
         assert summary["status"] == "completed"
         ran = yaml.safe_load((Path(t["run_dir"]) / "config.yaml").read_text())
         assert ran["trainer"]["lr"] == t["params"]["trainer.lr"] and ran["adapter"]["r"] == t["params"]["adapter.r"]
-        assert t["values"][1] == pytest.approx(-summary["retention"]["general-text"]["forgetting"])
+        assert t["retained"] == pytest.approx({k: -r["forgetting"] for k, r in summary["retention"].items()})
         for name in ("gain", "kept"):  # paired 95% intervals of the new task's gain and the retained task's change
             assert t["intervals"][name]["low"] <= t["intervals"][name]["delta"] <= t["intervals"][name]["high"]
         assert t["intervals"]["kept"]["delta"] == pytest.approx(t["retained"]["kept"])
@@ -132,15 +132,16 @@ def test_pruner_stops_a_hopeless_trial(tmp_path, tiny_model, tiny_data):
 
 
 def test_a_failed_trial_is_data_and_the_study_goes_on(tmp_path, tiny_model, tiny_data):
-    space = {"data.max_length": {"choice": [64, 4]}}  # a valid config whose examples cannot fit 4 tokens
+    missing = str(tmp_path / "no-such-model")  # a valid config whose trial cannot run
+    space = {"model.base": {"choice": [missing, str(tiny_model)]}}
     cfg = load_config(_cfg(tmp_path, tiny_model, tiny_data, space, trials=2, prune=False))
     study = open_study(cfg, cfg.tune, tune_dir(cfg), None, resume=False)
-    for n in (4, 64):
-        study.enqueue_trial({"data.max_length": n})
+    for base in (missing, str(tiny_model)):
+        study.enqueue_trial({"model.base": base})
     report = search.run(cfg, train_config, resume=True)
     failed, done = report["trials"]
     assert (failed["state"], done["state"]) == ("FAIL", "COMPLETE")
-    assert failed["reason"].startswith("UsageError: ") and "max_length" in failed["reason"]
+    assert failed["reason"].startswith("UsageError: ") and "no-such-model" in failed["reason"]
     assert report["best"] == 1 and report["front"] == [1]
 
 
