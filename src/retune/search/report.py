@@ -9,6 +9,8 @@ probe's NLL rise x 100 counts as a drop).
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -185,7 +187,8 @@ def plot_front(report: dict[str, Any], out_png: Path) -> None:
     ax.set_ylabel("new-task gain over the base (points)")
     ax.set_title(f"{report['study']}: {len(done)} completed trials, paired 95% intervals")
     fig.tight_layout()
-    tmp = out_png.with_name(f".{out_png.name}.tmp.png")
+    fd, tmp = tempfile.mkstemp(dir=out_png.parent, prefix=f".{out_png.stem}.", suffix=".png")  # workers finish together
+    os.close(fd)
     fig.savefig(tmp, dpi=120)
     plt.close(fig)
-    tmp.replace(out_png)
+    os.replace(tmp, out_png)
