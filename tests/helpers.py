@@ -37,3 +37,18 @@ def flipped_copy(run: Path, dest: Path) -> Path:
         r.update(accuracy=1.0, prediction=r["reference"])
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return dest
+
+
+def communicate(p, timeout: float) -> tuple[str, str]:
+    """A started process's (stdout, stderr); past the timeout its whole process group is killed (it was
+    started with start_new_session=True) and the timeout raised."""
+    import os
+    import signal
+    import subprocess
+
+    try:
+        return p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(p.pid, signal.SIGKILL)
+        p.communicate()
+        raise

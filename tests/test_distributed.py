@@ -41,13 +41,10 @@ def _spawn(args: list[str], tag: str) -> subprocess.Popen:
 
 def _cli(args: list[str], tag: str = "", timeout: float = 300) -> subprocess.CompletedProcess:
     """`retune train ... --nproc 2` in its own session, so a timeout kills every process it started."""
+    from helpers import communicate
+
     p = _spawn(args, tag)
-    try:
-        out, err = p.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        p.communicate()
-        raise
+    out, err = communicate(p, timeout)
     return subprocess.CompletedProcess(p.args, p.returncode, out, err)
 
 

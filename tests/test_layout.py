@@ -64,6 +64,7 @@ def test_fit_reads_in_one_sitting():
             ("retune.session", "retune.recipes", "retune.train", "retune.models", "retune.inference", "retune.serve", "retune.cli"),
         ),
         ("retune/config", ("retune.data", "retune.models", "retune.train", "retune.session", "retune.recipes", "retune.cli")),
+        ("retune/search", ("retune.recipes", "retune.cli", "retune.train")),  # a search's mechanism; the recipe runs trials
     ],
 )
 def test_imports_flow_one_way(layer, above):

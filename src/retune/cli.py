@@ -1,4 +1,4 @@
-"""retune's command line: train | validate | keys | eval | predict | generate | report | runs | models | merge | serve | chat.
+"""retune's command line: train | tune | validate | keys | eval | predict | generate | report | runs | models | merge | serve | chat.
 
 Every command turns bad input into one line on stderr and exit code 2 (1 for other failures);
 set RETUNE_DEBUG=1 to see the traceback instead.
@@ -12,11 +12,15 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from retune.errors import RetuneError, UsageError
+
+if TYPE_CHECKING:
+    from retune.config import RetuneConfig
+    from retune.session import EvalWatch
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Fine-tune pretrained language models without forgetting.")
 
@@ -118,7 +122,7 @@ def run_train(config: str | None, overrides: list[str] | None = None, resume: st
     """`retune train`: the fine-tune recipe, or the stages recipe when the config has `stages:`.
     Returns the run directory and its summary."""
     from retune.config import load_config
-    from retune.recipes import finetune, stages
+    from retune.recipes import finetune
     from retune.rundir import RunDir
 
     if resume:
@@ -130,8 +134,15 @@ def run_train(config: str | None, overrides: list[str] | None = None, resume: st
         return done.path, summary
     if config is None:
         raise UsageError("give a config file (retune train CONFIG) or --resume RUN_DIR")
-    cfg = load_config(config, overrides)
-    done, summary = stages.run(cfg) if cfg.stages else finetune.run(cfg)
+    return train_config(load_config(config, overrides))
+
+
+def train_config(cfg: RetuneConfig, watch: EvalWatch | None = None) -> tuple[Path, dict]:
+    """One training run of a validated config (the dispatch of `retune train`, and each trial of
+    `retune tune`); `watch` hears every evaluation. Returns the run directory and its summary."""
+    from retune.recipes import finetune, stages
+
+    done, summary = stages.run(cfg, watch) if cfg.stages else finetune.run(cfg, watch=watch)
     return done.path, summary
 
 
@@ -166,6 +177,31 @@ def _train_processes(config: str | None, set_: list[str] | None, resume: str | N
             raise RetuneError(f"{e}. Checkpoints are written whole or not at all: {hint}") from None
         raise RetuneError(str(e)) from None
     print(run_dir / "summary.json")
+
+
+@app.command()
+@command
+def tune(
+    config: Annotated[str, typer.Argument(help="YAML config file with a tune: section")],
+    set_: SetOpt = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the study after a kill, or join it as another worker")] = False,
+    storage: Annotated[
+        str | None, typer.Option(help="Study storage URL (default: sqlite in the tune directory); postgresql://... for several machines")
+    ] = None,
+    trials: Annotated[int | None, typer.Option(help="Trials in the study (overrides tune.trials)")] = None,
+    budget: Annotated[str | None, typer.Option(help="Memory budget per trial, e.g. 8GB (default: this machine's memory)")] = None,
+) -> None:
+    """Search config keys for the best new-task score that forgets least: a Pareto front, best.yaml."""
+    _quiet_libraries()
+    from retune import plan as planner
+    from retune.config import load_config
+    from retune.recipes import tune as search
+
+    if trials is not None and trials < 1:
+        raise UsageError(f"--trials {trials}: give 1 or more")
+    budget_mb = planner.parse_budget(budget) if budget is not None else None
+    cfg = load_config(config, [*(set_ or []), *([f"tune.trials={trials}"] if trials else [])])
+    search.run(cfg, train_config, storage, resume, budget_mb)
 
 
 @app.command()

@@ -6,6 +6,7 @@ any model or data is touched. Unknown keys are errors with a "did you mean" hint
 - sections.py: model, adapter, eval, trainer, output
 - data.py: data (sources, templates, tasks; the per-task keys declared once in TaskDataConfig)
 - retention.py: retain (what to keep knowing), retention methods, stages
+- tune.py: tune (a search over keys: `retune tune`)
 - schema.py: RetuneConfig (a whole file) and its cross-section checks
 - loading.py: YAML + overrides -> RetuneConfig, one-line error messages
 - keys.py: the key reference generated from the schema (`retune keys`, docs/config.md)
@@ -27,6 +28,7 @@ from retune.config.retention import (
 )
 from retune.config.schema import RetuneConfig
 from retune.config.sections import AdapterConfig, EvalConfig, ModelConfig, OutputConfig, TrainerConfig
+from retune.config.tune import ParamSpace, TuneConfig, key_parts
 
 __all__ = [
     "ALIASES",
@@ -40,6 +42,7 @@ __all__ = [
     "LmEvalConfig",
     "ModelConfig",
     "OutputConfig",
+    "ParamSpace",
     "ReplayConfig",
     "RetainConfig",
     "RetentionMethod",
@@ -51,9 +54,11 @@ __all__ = [
     "TaskDataConfig",
     "TemplateConfig",
     "TrainerConfig",
+    "TuneConfig",
     "apply_override",
     "describe_keys",
     "format_keys",
+    "key_parts",
     "keys_markdown",
     "load_config",
     "to_yaml",

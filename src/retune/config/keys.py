@@ -33,7 +33,7 @@ class KeyDoc:
     section: str  # the top-level key, or "retention: ewc" for one method's keys
 
 
-_NOUNS = {"SourceConfig": "source", "TemplateConfig": "template", "TaskConfig": "task"}
+_NOUNS = {"SourceConfig": "source", "TemplateConfig": "template", "TaskConfig": "task", "ParamSpace": "range"}
 _NOUNS |= dict.fromkeys(("StageConfig", "DPOStageConfig", "ORPOStageConfig", "SimPOStageConfig"), "stage")
 _SCALARS = {str: "string", int: "integer", float: "number", bool: "boolean", type(None): "null", Any: "any"}
 

@@ -10,6 +10,7 @@ from retune.config.data import DataConfig
 from retune.config.objective import ObjectiveConfig, SFTObjective, default_type
 from retune.config.retention import RetainConfig, RetentionMethod, Stage
 from retune.config.sections import AdapterConfig, EvalConfig, ModelConfig, OutputConfig, TrainerConfig, _Strict
+from retune.config.tune import TuneConfig
 
 
 class RetuneConfig(_Strict):
@@ -39,6 +40,8 @@ class RetuneConfig(_Strict):
     """Fine-tune on these tasks in order (data.* keys other than tasks apply to all); after each stage
     every task seen so far is scored: the accuracy matrix R, average accuracy, BWT and FWT. Each
     stage has a type (sft by default; dpo, orpo, simpo) with its keys, as `objective:` has."""
+    tune: TuneConfig = TuneConfig()
+    """A search over this config's keys (`retune tune CONFIG`); `retune train` ignores it."""
 
     @field_validator("objective", mode="before")
     @classmethod
@@ -71,7 +74,18 @@ class RetuneConfig(_Strict):
         preference = [s.type for s in self.stages if s.type != "sft"] + ([self.objective.type] if self.objective.type != "sft" else [])
         if preference and "replay" in names:
             raise ValueError(f"retention replay mixes supervised examples into training; {preference[0]} trains on pairs: drop replay")
+        self._check_tune()
         return self
+
+    def _check_tune(self) -> None:
+        t = self.tune
+        if not t.space:
+            return
+        if "worst_retained" in t.objectives or t.max_forgetting is not None:
+            if not (self.retain.tasks or self.retain.probe):
+                raise ValueError("tune: worst_retained and max_forgetting need retain: tasks (or a probe) to measure forgetting on")
+        if t.prune and not self.trainer.eval_every:
+            raise ValueError("tune.prune needs trainer.eval_every (the steps at which trials are compared); or tune.prune: false")
 
     def _check_stages(self) -> None:
         # A stage's task name is its own name, the stage's, or the train source's stem (a built-in's

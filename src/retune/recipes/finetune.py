@@ -12,14 +12,14 @@ from retune.config import RetuneConfig
 from retune.evaluate.report import print_scores
 from retune.objectives import objective_for
 from retune.rundir import RunDir
-from retune.session import Session
+from retune.session import EvalWatch, Session
 from retune.session.retain import print_tradeoff
 from retune.session.uncertainty import print_intervals, uncertainty
 from retune.train import distributed as dist
 
 
-def run(cfg: RetuneConfig, resumed: RunDir | None = None) -> tuple[RunDir, dict[str, Any]]:
-    s = Session.begin(cfg, resumed)
+def run(cfg: RetuneConfig, resumed: RunDir | None = None, watch: EvalWatch | None = None) -> tuple[RunDir, dict[str, Any]]:
+    s = Session.begin(cfg, resumed, watch)
     objective = objective_for(cfg.objective)  # the stage type: sft, or a preference objective
     prep = s.prepare()
     model = s.load_model(labels=prep.tasks[0].labels)

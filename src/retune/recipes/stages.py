@@ -22,7 +22,7 @@ from retune.evaluate.forgetting import plot_matrix, primary, sequence_metrics
 from retune.evaluate.report import console
 from retune.objectives import objective_for
 from retune.rundir import RunDir
-from retune.session import Session
+from retune.session import EvalWatch, Session
 from retune.session.retain import print_tradeoff
 from retune.session.uncertainty import uncertainty
 from retune.train import distributed as dist
@@ -33,8 +33,8 @@ def stage_tasks(cfg: RetuneConfig) -> list[TaskConfig]:
     return [s.task.model_copy(update={"name": s.task.name or s.name}) for s in cfg.stages]
 
 
-def run(cfg: RetuneConfig) -> tuple[RunDir, dict[str, Any]]:
-    s = Session.begin(cfg)
+def run(cfg: RetuneConfig, watch: EvalWatch | None = None) -> tuple[RunDir, dict[str, Any]]:
+    s = Session.begin(cfg, watch=watch)
     objectives = [objective_for(stage) for stage in cfg.stages]  # each stage's type: sft, dpo, ...
     prep = s.prepare(stage_tasks(cfg), objectives)
     names = [t.name for t in prep.tasks]

@@ -54,6 +54,7 @@ from retune.train.loop import Hooks, fit
 from retune.types import Accelerator, Autocast, Model, Tokenizer
 
 Scores = dict[str, dict[str, Any]]
+EvalWatch = Callable[[int, float | None], None]  # (step, validation loss) at each evaluation; may raise to end the run
 
 
 def setup_torch(cfg: RetuneConfig) -> None:
@@ -114,21 +115,22 @@ class Session:
     accelerator: Accelerator | None = None  # set by open_run(); `accel` once it is there
     prep: Prepared | None = None
     policy: Retention | None = None  # set by prepare(): the retain: sets are loaded with the data
+    watch: EvalWatch | None = None  # a search's pruner (recipes/tune.py) hears each evaluation
     t_start: float = field(default_factory=time.perf_counter)
 
     # ---------------------------------------------------------------- set-up
 
     @classmethod
-    def begin(cls, cfg: RetuneConfig, resumed: RunDir | None = None) -> Session:
+    def begin(cls, cfg: RetuneConfig, resumed: RunDir | None = None, watch: EvalWatch | None = None) -> Session:
         """Join the process group (under torchrun), set threads and seed, resolve the base model
-        (rank 0 fills the caches first). Nothing is written yet."""
+        (rank 0 fills the caches first). Nothing is written yet. `watch` hears every evaluation."""
         from transformers import set_seed
 
         check_output_dir(cfg)
         dist.init()
         setup_torch(cfg)
         set_seed(cfg.trainer.seed)
-        return cls(cfg, dist.main_first(lambda: resolve_base(cfg.model.base)), resumed)
+        return cls(cfg, dist.main_first(lambda: resolve_base(cfg.model.base)), resumed, watch=watch)
 
     def prepare(self, task_configs: list[TaskConfig] | None = None, objectives: list[Objective] | None = None) -> Prepared:
         """Tokenizer, tasks and retained sets: every bad input in data or templates fails here,
@@ -318,7 +320,7 @@ class Session:
             hooks.on_step = lambda state, result: progress.update(step=state.step, loss=result.loss)
             hooks.on_end = progress.stop
         if tcfg.eval_every:
-            hooks.on_eval = self.retention.eval_hook(ckpt_dir, self.autocast, log)
+            hooks.on_eval = self._eval_hook(ckpt_dir, log)
         state = fit(
             model, train, val, tcfg, self.tok.pad_token_id, self.accel, ckpt_dir, regularizers, hooks, resume=resume, objective=objective
         )
@@ -329,6 +331,18 @@ class Session:
 
             load_trainable(model, load_file(str(chosen)))
         return model, state
+
+    def _eval_hook(self, ckpt_dir: Path, log: Callable[[dict], None]) -> Callable[[Model, LoopState], bool]:
+        """The retention gate, then the watcher (which hears the validation loss just logged)."""
+        gate = self.retention.eval_hook(ckpt_dir, self.autocast, log)
+
+        def hook(model: Model, state: LoopState) -> bool:
+            stop = gate(model, state)
+            if self.watch is not None:
+                self.watch(state.step, self.retention.last_val)
+            return stop
+
+        return hook
 
     # ---------------------------------------------------------------- results
 
