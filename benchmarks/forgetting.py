@@ -390,7 +390,8 @@ def main() -> None:
         if runs:
             rows.append(aggregate(m, runs, base))
             g = rows[-1]["new_task"]
-            print(f"{m}: gain {g['gain']:+.1f} [{g['ci'][0]:+.1f}, {g['ci'][1]:+.1f}]; worst retained {worst(rows[-1])}", flush=True)
+            name, w = worst(rows[-1])
+            print(f"{m}: gain {g['gain']:+.1f} [{g['ci'][0]:+.1f}, {g['ci'][1]:+.1f}]; worst retained {name} {w['delta']:+.1f}", flush=True)
     result = {
         "command": "python benchmarks/forgetting.py " + " ".join(a for a in sys.argv[1:]),
         "model": args.model,
