@@ -140,3 +140,25 @@ def test_lora_dropout_is_folded_and_off_in_eval(tiny_model):
     torch.manual_seed(2)
     b = model(input_ids=ids).logits
     assert not torch.allclose(a, b)  # dropout acts in training
+
+
+def test_left_padded_generation_of_an_fp32_model_under_bf16_autocast(tiny_model):
+    """Full fine-tuning keeps fp32 weights and runs under bf16 autocast. The fp32 mask's minimum is -inf in
+    bf16: a fully masked (left-padded) row became NaN and reached every real position through its values,
+    so batched generation after full fine-tuning returned empty text. Lean and stock eager must agree."""
+    from transformers import AutoModelForCausalLM
+
+    from retune.models import lean
+
+    ids = torch.tensor([[0, 0, 0, 5, 6, 7, 8], [9, 10, 11, 12, 13, 14, 15]])  # row 0 is left-padded
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1], [1] * 7])
+    outs = []
+    for use_lean in (False, True):
+        model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation="eager").eval()
+        if use_lean:
+            assert lean.apply(model)["attention"] == 1
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            outs.append(model(input_ids=ids, attention_mask=mask).logits.float())
+    stock, leaned = outs
+    assert torch.isfinite(leaned[mask.bool()]).all()
+    assert torch.allclose(leaned[mask.bool()], stock[mask.bool()], atol=0.1)  # bf16 rounding, same maths

@@ -173,7 +173,10 @@ def _probs(q2: torch.Tensor, k2: torch.Tensor, mask: torch.Tensor | None, scale:
     b, kv, gt, _ = q2.shape
     scores = (q2 @ k2.transpose(-1, -2)).mul_(scale).view(b, kv, gt // t, t, k2.shape[2])
     if mask is not None:
-        scores = scores + mask.unsqueeze(2).to(scores.dtype)
+        # The mask is built in the model's dtype: an fp32 model's minimum (-3.4e38) is -inf in bf16, and a
+        # fully masked row (a left-padded position, as in batched generation) then turns into NaN and
+        # reaches every real position through its values. Clamp to the scores' own finite minimum.
+        scores = scores + mask.unsqueeze(2).clamp(min=torch.finfo(scores.dtype).min).to(scores.dtype)
     return torch.softmax(scores, dim=-1)
 
 
