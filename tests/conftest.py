@@ -140,16 +140,10 @@ def report_runs(tmp_path_factory, tiny_model, tiny_data) -> dict[str, Path]:
     stages = [{"name": "sentiment", "task": task, "max_steps": 4}, {"name": "repeat", "task": repeat, "max_steps": 2}]
     runs["stages"] = train("stages", stages=stages, retain={**retain, "tasks": []}, trainer={**trainer, "eval_every": 2})
 
-    class InterruptAt2:  # a progress bar that presses Ctrl-C at step 2
-        def __init__(self, *a, **k): ...
-        def start(self, total, done=0): ...
-        def stop(self): ...
-        def update(self, step, loss):
-            if step == 2:
-                raise KeyboardInterrupt
+    from helpers import InterruptAt
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(session_mod, "LiveProgress", InterruptAt2)
+        mp.setattr(session_mod, "LiveProgress", InterruptAt(2))  # Ctrl-C at step 2
         with pytest.raises(KeyboardInterrupt):
             train("interrupted", trainer=trainer)
     runs["interrupted"] = next((root / "runs").glob("interrupted-*"))

@@ -52,3 +52,23 @@ def communicate(p, timeout: float) -> tuple[str, str]:
         os.killpg(p.pid, signal.SIGKILL)
         p.communicate()
         raise
+
+
+class InterruptAt:
+    """A progress bar (stands in for session.LiveProgress) that presses Ctrl-C after a given step."""
+
+    def __init__(self, at: int):
+        self.at = at
+
+    def __call__(self, *a, **k):
+        return self
+
+    def start(self, total, done=0):
+        pass
+
+    def update(self, step, loss):
+        if step == self.at:
+            raise KeyboardInterrupt
+
+    def stop(self):
+        pass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import Counter
 
@@ -97,7 +98,7 @@ def test_cloze_picks_the_option_with_the_best_loglik_per_character(tiny_model):
         {"text": "the plot", "o1": "story", "o2": "truly awful", "o3": "funny", "answer": "funny"},
     ]
     task = TaskData("t", [], rows, rows, tpl, None, "accuracy", "auto", choices=["o1", "o2", "o3"])
-    got = predict(model, tok, fmt, task, rows, cfg.eval, _no_autocast).predictions
+    got = predict(model, tok, fmt, task, rows, cfg.eval, contextlib.nullcontext).predictions
 
     def loglik(prompt: str, option: str) -> float:  # the model's own loss on " option" after the prompt
         p = tok(prompt).input_ids
@@ -109,12 +110,6 @@ def test_cloze_picks_the_option_with_the_best_loglik_per_character(tiny_model):
 
     want = [max(("o1", "o2", "o3"), key=lambda c: loglik(f"Review: {r['text']}\nAnswer:", r[c]) / len(r[c])) for r in rows]
     assert got == [r[c] for r, c in zip(rows, want, strict=True)]
-
-
-def _no_autocast():
-    import contextlib
-
-    return contextlib.nullcontext()
 
 
 # ------------------------------------------------------------- retained tasks with paired intervals

@@ -14,7 +14,7 @@ import torch
 
 import retune.session as run_mod
 from conftest import make_reviews, tiny_config, write_jsonl
-from helpers import losses, read_metrics, write_config
+from helpers import InterruptAt, losses, read_metrics, write_config
 from retune.cli import run_train as train
 from retune.config import DataConfig, validate
 from retune.objectives import objective_for
@@ -200,32 +200,14 @@ def test_dpo_grad_accumulation_1x4_equals_4x1(tmp_path, tiny_model, tiny_data, p
         assert lb[step] == pytest.approx(ls[step], abs=1e-5), step
 
 
-class _InterruptAt:
-    def __init__(self, at: int):
-        self.at = at
-
-    def __call__(self, *a, **k):
-        return self
-
-    def start(self, total, done=0):
-        pass
-
-    def update(self, step, loss):
-        if step == self.at:
-            raise KeyboardInterrupt
-
-    def stop(self):
-        pass
-
-
 def test_resume_mid_dpo_equals_uninterrupted(tmp_path, tiny_model, tiny_data, pair_files, monkeypatch):
     trainer = {"max_steps": 6, "save_every": 100, "eval_every": None}
     whole, _ = train(_config(tmp_path, tiny_model, tiny_data, pair_files, "whole", trainer=trainer))
-    monkeypatch.setattr(run_mod, "LiveProgress", _InterruptAt(3))
+    monkeypatch.setattr(run_mod, "LiveProgress", InterruptAt(3))
     with pytest.raises(KeyboardInterrupt):
         train(_config(tmp_path, tiny_model, tiny_data, pair_files, "cut", trainer=trainer))
     cut = next(p for p in (tmp_path / "runs").iterdir() if p != whole)
-    monkeypatch.setattr(run_mod, "LiveProgress", _InterruptAt(-1))
+    monkeypatch.setattr(run_mod, "LiveProgress", InterruptAt(-1))
     resumed, _s = train(None, resume=str(cut))
     lw, lr = losses(whole), losses(resumed)
     assert set(lr) == set(range(1, 7)), (lw, lr)

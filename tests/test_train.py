@@ -8,7 +8,7 @@ import pytest
 
 import retune.session as run_mod
 from conftest import tiny_config
-from helpers import losses, write_config
+from helpers import InterruptAt, losses, write_config
 from retune.cli import run_train as train
 
 
@@ -72,32 +72,12 @@ def test_grad_accumulation_1x8_equals_8x1(tmp_path, tiny_model, tiny_data):
         assert lb[step] == pytest.approx(ls[step], abs=1e-5), step
 
 
-class _InterruptAt:
-    """A progress bar that presses Ctrl-C after a given step."""
-
-    def __init__(self, at: int):
-        self.at = at
-
-    def __call__(self, *a, **k):
-        return self
-
-    def start(self, total, done=0):
-        pass
-
-    def update(self, step, loss):
-        if step == self.at:
-            raise KeyboardInterrupt
-
-    def stop(self):
-        pass
-
-
 def test_resume_equals_uninterrupted(tmp_path, tiny_model, tiny_data, monkeypatch):
     trainer = {"max_steps": 8, "save_every": 100, "scheduler": "cosine", "warmup_steps": 2}
     adapter = {"dropout": 0.1}  # dropout draws random numbers: the RNG state must resume too
     whole, _ = _train(tmp_path, tiny_model, tiny_data, name="whole", trainer=trainer, adapter=adapter)
 
-    monkeypatch.setattr(run_mod, "LiveProgress", _InterruptAt(3))
+    monkeypatch.setattr(run_mod, "LiveProgress", InterruptAt(3))
     with pytest.raises(KeyboardInterrupt):
         _train(tmp_path, tiny_model, tiny_data, name="cut", trainer=trainer, adapter=adapter)
     cut_dir = next(p for p in (tmp_path / "runs").iterdir() if p.name.startswith("tiny") and p != whole)
@@ -105,7 +85,7 @@ def test_resume_equals_uninterrupted(tmp_path, tiny_model, tiny_data, monkeypatc
     assert summary["status"].startswith("interrupted")
     assert (cut_dir / "checkpoints" / "step-0000003").is_dir()
 
-    monkeypatch.setattr(run_mod, "LiveProgress", _InterruptAt(-1))
+    monkeypatch.setattr(run_mod, "LiveProgress", InterruptAt(-1))
     resumed, s = train(None, resume=str(cut_dir))
     assert s["status"] == "completed"
     lw, lr = losses(whole), losses(resumed)

@@ -15,7 +15,7 @@ from retune.config import DataConfig, EvalConfig, LmEvalConfig, RetainConfig
 from retune.data.dataset import TaskData, load_task_config
 from retune.data.templates import Encoded, Formatter, text_ids
 from retune.errors import UsageError
-from retune.evaluate import scoring
+from retune.evaluate import lmeval, scoring  # lmeval imports the harness only when a task is scored
 from retune.evaluate.intervals import paired_bootstrap
 from retune.evaluate.task_eval import TaskScores, score_task
 from retune.types import Autocast, Model, Tokenizer
@@ -116,8 +116,6 @@ def score_retained(model: Model, tok: Tokenizer, fmt: Formatter, rset: RetainSet
         if key is not None:
             out.examples[r.task.name] = scored.examples[key]
     for spec in rset.harness:
-        from retune.evaluate import lmeval
-
         h = lmeval.score(model, tok, spec, ev.batch_size)
         out.rows[lmeval.row_name(spec.task)], out.examples[lmeval.row_name(spec.task)] = h.row, h.examples
     if rset.probe:

@@ -52,13 +52,14 @@ def evaluate(target: str, overrides: list[str] | None = None, lm_eval: list[LmEv
         scores[name] = {**row, "role": "retained"}
         # retained tasks: every metric per example; the probe and harness tasks: their headline metric
         examples[name] = retained.scored[name].examples if name in retained.scored else {next(iter(row)): retained.examples[name]}
-    for name, per in intervals(examples).items():
+    ivals = intervals(examples)  # bootstrap resamples: computed once, stored and printed
+    for name, per in ivals.items():
         scores[name]["intervals"] = per
     if run is not None:
         run.write_json("eval.json", scores)
     plain = {k: {m: v for m, v in row.items() if m not in ("intervals", "role")} for k, row in scores.items()}
     print_scores(", ".join(scores), None, plain)
-    print_intervals("with 95% intervals (points; nll: nats)", None, intervals(examples), {})
+    print_intervals("with 95% intervals (points; nll: nats)", None, ivals, {})
     return scores
 
 
