@@ -21,6 +21,9 @@ its 95% interval excludes 0.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
+import hashlib
 import json
 import os
 import resource
@@ -161,14 +164,17 @@ def run_one(args: argparse.Namespace, method: str, seed: int, lr: float | None, 
     out_dir = Path(args.work) / f"{method.replace('+', '_')}-s{seed}"
     out_dir.mkdir(parents=True, exist_ok=True)
     trainer = cfg.trainer.model_copy(update={"save_every": None, "keep_checkpoints": 1})
+    t_fit = time.perf_counter()
     state = fit(model, train, [], trainer, tok.pad_token_id, accelerator, out_dir, regs, Hooks(log=log_rows.append))
     model = accelerator.unwrap_model(model)
+    t_score = time.perf_counter()
     out = {"method": method, "seed": seed, "lr": cfg.trainer.lr, "new": score_new(model, tok, fmt, task, cfg, bf16, split)}
     if split == "test":
         out["retained"] = ret.score(model, bf16).to_json()
     return {
         **out,
         "wall_s": time.perf_counter() - t0,
+        "phases_s": {"prepare": t_fit - t0, "train": t_score - t_fit, "score": time.perf_counter() - t_score},
         "tokens_per_s": state.tokens / max(state.train_seconds, 1e-9),
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
@@ -300,7 +306,52 @@ def plot(result: dict, out_png: Path) -> None:
 # ------------------------------------------------------------- driver
 
 
+def code_key(args: argparse.Namespace) -> str:
+    """What a result depends on: the code under src/retune, this script, and the sizes and settings. A
+    result saved under another key is never reused (results are re-run when the code under them changes)."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for f in [*sorted((root / "src" / "retune").rglob("*.py")), Path(__file__).resolve()]:
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    h.update(json.dumps({k: getattr(args, k) for k in (*SIZES, "model", "batch", "lr_lora")}, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+@contextlib.contextmanager
+def locked(path: str | None):
+    """Hold an exclusive flock on `path` (the machine's one-heavy-job lock) for the duration, if given:
+    each (method, seed) is then measured alone while other jobs run between them."""
+    if not path:
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def cached(path: Path, make):
+    """The JSON saved at `path`, or make() saved there atomically (a finished (method, seed) survives a
+    stopped benchmark: the same command continues where it stopped)."""
+    if path.exists():
+        return json.loads(path.read_text())
+    out = make()
+    if out is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(out))
+        tmp.replace(path)
+    return out
+
+
 def child(args: argparse.Namespace, base_file: Path, method: str, seed: int, lr: float | None, split: str) -> dict | None:
+    name = f"{method.replace('+', '_')}-s{seed}-{split}" + (f"-lr{lr:g}" if lr is not None else f"-lr{args.lr_full:g}")
+    return cached(base_file.parent / f"{name}.json", lambda: _child(args, base_file, method, seed, lr, split))
+
+
+def _child(args: argparse.Namespace, base_file: Path, method: str, seed: int, lr: float | None, split: str) -> dict | None:
     cmd = [
         sys.executable,
         __file__,
@@ -330,7 +381,7 @@ def sweep(args: argparse.Namespace, base_file: Path) -> tuple[float, list[dict]]
     for lr in (float(x) for x in args.sweep_lrs.split(",")):
         r = child(args, base_file, "full", 0, lr, "validation")
         if r is not None:
-            tried.append({"lr": lr, "validation_accuracy": 100.0 * float(np.mean(r["new"]))})
+            tried.append({"lr": lr, "validation_accuracy": 100.0 * float(np.mean(r["new"])), "wall_s": r["wall_s"]})
             print(f"sweep: full FT lr {lr:g}: validation accuracy {tried[-1]['validation_accuracy']:.1f}", flush=True)
     if not tried:
         sys.exit("the learning-rate sweep failed for every lr")
@@ -353,7 +404,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--md", type=Path)
     ap.add_argument("--plot", type=Path)
-    ap.add_argument("--work", default="/tmp/retune-forgetting", help="scratch folder")
+    ap.add_argument("--work", default="/tmp/retune-forgetting", help="scratch folder; finished runs are kept there and reused")
+    ap.add_argument("--lock", default=None, help="a flock file held by each run (not between runs), e.g. /tmp/retune-cpu.lock")
     for hidden in ("--one", "--seed-one", "--base-file", "--split", "--lr-one"):
         ap.add_argument(hidden, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -367,7 +419,8 @@ def main() -> None:
     if args.one:  # child: one (method, seed)
         base = json.loads(Path(args.base_file).read_text())
         lr = float(args.lr_one) if args.lr_one else None
-        print("RESULT " + json.dumps(run_one(args, args.one, int(args.seed_one), lr, base, args.split)), flush=True)
+        with locked(args.lock):
+            print("RESULT " + json.dumps(run_one(args, args.one, int(args.seed_one), lr, base, args.split)), flush=True)
         return
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
@@ -375,18 +428,25 @@ def main() -> None:
         sys.exit(f"unknown method {unknown[0]} (choose from {', '.join(METHODS)})")
     seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
     t0 = time.perf_counter()
-    Path(args.work).mkdir(parents=True, exist_ok=True)
-    base = base_scores(args)
-    base_file = Path(args.work) / "base.json"
-    base_file.write_text(json.dumps(base))
-    print(f"base scored ({time.perf_counter() - t0:.0f} s)", flush=True)
+    key = code_key(args)
+    base_file = Path(args.work) / key / "base.json"
+
+    def score_base() -> dict:
+        with locked(args.lock):
+            t = time.perf_counter()
+            return {**base_scores(args), "wall_s": time.perf_counter() - t}
+
+    base = cached(base_file, score_base)
+    print(f"base scored ({base['wall_s']:.0f} s; results under {base_file.parent})", flush=True)
     lr_sweep = None
     if args.sweep:
         args.lr_full, lr_sweep = sweep(args, base_file)
         sys.argv += ["--lr-full", str(args.lr_full)]  # the children read the chosen lr
     rows = []
+    spent = base["wall_s"] + sum(t["wall_s"] for t in lr_sweep or [])
     for m in methods:
         runs = [r for s in seeds if (r := child(args, base_file, m, s, None, "test")) is not None]
+        spent += sum(r["wall_s"] for r in runs)
         if runs:
             rows.append(aggregate(m, runs, base))
             g = rows[-1]["new_task"]
@@ -402,15 +462,17 @@ def main() -> None:
         "rows": rows,
         "findings": findings(rows),
         "total_s": time.perf_counter() - t0,
+        "compute_s": spent,  # the runs' own wall times: the total without waits for the lock or reuse
     }
     print(table(result))
     print("\n".join(result["findings"]))
-    print(f"total {result['total_s']:.0f} s")
+    print(f"total {result['total_s']:.0f} s; the runs themselves {spent:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))
     if args.md:
         args.md.write_text(
-            f"Command: `{result['command']}` (total {result['total_s'] / 60:.0f} min)\n\n{table(result)}\n\n"
+            f"Command: `{result['command']}` (runs: {spent / 60:.0f} min, each alone; wall {result['total_s'] / 60:.0f} min)\n\n"
+            f"{table(result)}\n\n"
             "Changes: final - base in points (probe: NLL nats), mean over seeds; [95% CI] from a hierarchical bootstrap over seeds "
             "and examples; * the interval excludes 0.\n\n" + "\n".join(f"- {f}" for f in result["findings"]) + "\n"
         )

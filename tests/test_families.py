@@ -234,3 +234,36 @@ def test_fast_paths_are_reported_per_family(family):
     lean = name in ("llama", "mistral", "qwen2", "qwen3", "phi3")  # RMSNorm (and SwiGLU) classes models/lean.py knows
     assert ("rmsnorm x" in report) == lean and ("stock layers" in report) == (not lean), report
     assert ("stock head" in report) == (name == "gemma2"), report  # Gemma 2 soft-caps its logits in its own forward
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "eager", "lean"])
+def test_shared_prefix_options_score_as_one_sequence_each(family, attention):
+    """Cloze scoring with the prompt computed once (tree mask, restarted positions) equals one sequence
+    per (prompt, option), in a batch of prompts and options of different lengths (padding inside)."""
+    import contextlib
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from retune.evaluate import scoring, shared_prefix
+    from retune.models import lean
+    from retune.models.load import load_tokenizer
+
+    name, folder = family
+    tok = load_tokenizer(str(folder))
+    if attention == "sdpa" and name == "gemma2":
+        pytest.skip("transformers has no SDPA attention for Gemma 2")
+    if attention == "lean" and name not in lean.ATTENTION_MODELS:
+        pytest.skip("retune's lean attention is for the Llama-like families")
+    if attention == "lean":
+        attention = lean.register_attention()
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation=attention).eval()
+    enc = [tok.encode(t, add_special_tokens=False) for t in ("the film was superb and", "a dull plot", "review: the acting")]
+    prompts = [enc[0], enc[1], enc[2] + enc[1]]
+    options = [[enc[1], enc[2][:1], enc[0][:3]], [enc[0][:1], enc[2]], [enc[1][:2], enc[0], enc[2][:2], enc[1][:1]]]
+    want = scoring.per_option_loglik(model, prompts, options, tok.pad_token_id, 4, contextlib.nullcontext)
+    got = scoring.option_loglik(model, prompts, options, tok.pad_token_id, 2, contextlib.nullcontext, fp32=False)
+    assert shared_prefix.supported(model) == (name in ("llama", "mistral", "qwen2", "qwen3", "phi3"))
+    assert [len(g) for g in got] == [3, 2, 4]
+    for g, w in zip(got, want, strict=True):
+        assert g == pytest.approx(w, abs=1e-4)

@@ -10,6 +10,7 @@ import torch
 
 from retune.data.batching import collate
 from retune.data.templates import Encoded
+from retune.evaluate import shared_prefix
 from retune.models.loss import hidden_path, token_nll
 from retune.models.tasks import task_type_of
 from retune.types import Autocast, Model, Tokenizer
@@ -104,10 +105,21 @@ def option_loglik(
     fp32: bool = True,
 ) -> list[list[float]]:
     """Summed log-probability of each prompt's own options (options_ids[i] for prompts_ids[i]; cloze
-    scoring, where every question has its own answers): one sequence per (prompt, option)."""
+    scoring, where every question has its own answers): the prompt computed once with all its options
+    where the model allows it (evaluate/shared_prefix.py), else one sequence per (prompt, option)."""
     if fp32:
         with fp32_weights(model):
             return option_loglik(model, prompts_ids, options_ids, pad_id, batch_size, contextlib.nullcontext, fp32=False)
+    if shared_prefix.supported(model):
+        return shared_prefix.option_loglik(model, prompts_ids, options_ids, pad_id, batch_size, autocast)
+    return per_option_loglik(model, prompts_ids, options_ids, pad_id, batch_size, autocast)
+
+
+@torch.no_grad()
+def per_option_loglik(
+    model: Model, prompts_ids: list[list[int]], options_ids: list[list[list[int]]], pad_id: int, batch_size: int, autocast: Autocast
+) -> list[list[float]]:
+    """option_loglik with one sequence per (prompt, option): any model."""
     model.eval()
     pairs = [(p, o) for p in range(len(prompts_ids)) for o in range(len(options_ids[p]))]
     examples = [
