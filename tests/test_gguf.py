@@ -244,3 +244,31 @@ def test_q4_k_m_goes_through_llama_cpp_quantiser(tmp_path, tiny_data):
     llm.eval(ids)
     want = _hf_logits(merge_run(run, tmp_path / "merged", dtype="fp32"), ids)
     assert np.corrcoef(llm.scores[: len(ids)].ravel(), want.ravel())[0, 1] > 0.95  # 4-bit weights, the same function
+
+
+@needs_llama
+def test_gemma_family_exports_and_runs_in_llama_cpp(tmp_path, tiny_model):
+    """A Gemma model (norms stored as w + 1, no q/k permutation, tied head) exported in f32 gives HF's logits
+    in llama.cpp."""
+    from transformers import AutoTokenizer, GemmaConfig, GemmaForCausalLM
+
+    from retune.export.gguf_model import write_gguf
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    cfg = GemmaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, max_position_embeddings=512, bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = GemmaForCausalLM(cfg)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.normal_(0, 0.5)  # Gemma initialises norms at 0 (x * (1 + w)): make the +1 visible
+    model.save_pretrained(tmp_path / "gemma")
+    tok.save_pretrained(tmp_path / "gemma")
+    llm = _llama(write_gguf(tmp_path / "gemma", tmp_path / "gemma.gguf", "f32"))
+    ids = [5, 17, 42, 99, 7, 23]
+    llm.eval(ids)
+    np.testing.assert_allclose(llm.scores[: len(ids)], _hf_logits(model, ids), atol=2e-3)

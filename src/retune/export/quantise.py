@@ -36,7 +36,10 @@ def ftype(qtype: str) -> int:
 
 def quantise(src: Path, out: Path, qtype: str, threads: int = 0) -> Path:
     """llama.cpp's quantiser: `src` (an F32/F16 GGUF) -> `out` of type `qtype`, written atomically."""
+    import logging
+
     lib = llama_cpp()
+    logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)  # its per-tensor log; type_counts says what matters
     params = lib.llama_model_quantize_default_params()
     params.ftype = ftype(qtype)
     params.nthread = threads
