@@ -117,7 +117,10 @@ def setup(args: argparse.Namespace, method: str, seed: int = 0, lr: float | None
     tok = load_tokenizer(path, cfg.model)
     fmt = Formatter(tok, cfg.data)
     task = load_task_config(cfg.data.task_list()[0], cfg.data, cfg.eval)
-    return cfg, path, tok, fmt, task, Retention.load(cfg, tok, fmt)
+    ret = Retention.load(cfg, tok, fmt)
+    for r in ret.rset.tasks:  # retained tasks are compared by their metric; their validation loss is not used here
+        r.val = []
+    return cfg, path, tok, fmt, task, ret
 
 
 def score_new(model, tok, fmt, task, cfg, autocast, split: str = "test") -> list[float]:
