@@ -113,8 +113,10 @@ class GRPOObjective(_Strict):
     generations: int = Field(4, ge=2)
     """Answers sampled per prompt: the group whose mean reward is each answer's baseline (TRL's num_generations)."""
     beta: float = Field(0.0, ge=0)
-    """KL weight: beta * KL(pi || pi_ref) per token (k3 estimator, as TRL); the reference is the model at
-    the start of the stage (LoRA: the adapters switched off; full fine-tuning: a frozen copy). 0: no KL term."""
+    """KL weight: beta * KL(pi || pi_ref) per token (k3 estimator times the importance ratio, as TRL's
+    default use_bias_correction_kl: the unbiased reverse-KL gradient); the reference under LoRA / QLoRA is
+    the base model (adapters switched off, as TRL), under full fine-tuning a frozen copy of the model as
+    the stage starts. 0: no KL term."""
     loss_type: Literal["grpo", "dr_grpo"] = "grpo"
     """grpo: each answer's per-token loss averaged over its tokens, then over answers (the paper);
     dr_grpo: summed over tokens and divided by max_new_tokens (Liu et al. 2025), free of the length bias."""

@@ -213,7 +213,8 @@ class GRPO(Objective):
         kl = torch.zeros_like(lp)
         if ref is not None:
             kl = torch.exp(ref - lp) - (ref - lp) - 1
-            per_token = per_token + self.cfg.beta * kl
+            # times the importance ratio (value 1): the unbiased reverse-KL gradient, TRL's use_bias_correction_kl
+            per_token = per_token + self.cfg.beta * kl * torch.exp(lp - lp.detach())
         per_row = torch.zeros(adv.shape[0]).index_add(0, rows, per_token)
         per_row = per_row / (n.clamp(min=1) if self.cfg.loss_type == "grpo" else self.max_new)
         kl_row = torch.zeros(adv.shape[0]).index_add(0, rows, kl.detach()) / n.clamp(min=1)
