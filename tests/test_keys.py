@@ -48,7 +48,7 @@ def test_keys_walk_lists_unions_and_methods():
     assert keys[("adapter.dropout", "adapter")].type == "number >= 0 and < 1"
     assert keys[("stages[].task", "stages: sft")].type == "task (see data.tasks[])"
     types = {s for k, s in keys if k == "stages[].type"}  # one table per stage type, as retention methods
-    assert types == {"stages: sft", "stages: dpo", "stages: orpo", "stages: simpo"}
+    assert types == {"stages: sft", "stages: dpo", "stages: orpo", "stages: simpo", "stages: kto", "stages: grpo"}
     assert keys[("stages[].beta", "stages: dpo")].default == "0.1"
     methods = {s for k, s in keys if k == "retention[].weight"}
     assert methods == {"retention: ewc", "retention: si", "retention: l2sp", "retention: distill"}

@@ -20,7 +20,7 @@ class SFTObjective(_Strict):
     """Supervised fine-tuning: token cross-entropy on the responses (today's loss)."""
 
     type: Literal["sft"] = "sft"
-    """Selects the stage type: sft (supervised), dpo, orpo or simpo (preferences)."""
+    """Selects the stage type: sft (supervised), dpo, orpo, simpo, kto (preferences) or grpo (rewards)."""
 
 
 class _Paired(_Strict):
@@ -83,8 +83,76 @@ class SimPOObjective(_Paired):
     """gamma of eq. 6: the target reward margin (TRL's simpo_gamma)."""
 
 
-ObjectiveConfig = Annotated[SFTObjective | DPOObjective | ORPOObjective | SimPOObjective, Field(discriminator="type")]
-OBJECTIVE_TYPES = ("sft", "dpo", "orpo", "simpo")
+class KTOObjective(_Strict):
+    """Kahneman-Tversky Optimization (Ethayarajh et al. 2024): unpaired answers, each labelled desirable
+    or not (TRL's `prompt` / `completion` / `label` format), against a frozen reference (the model at the
+    start of the stage) and a KL reference point estimated on mismatched (prompt, completion) pairs."""
+
+    type: Literal["kto"]
+    """Selects the stage type: kto."""
+    beta: float = Field(0.1, gt=0)
+    """Inverse temperature of the implicit reward beta * log(pi / pi_ref)."""
+    loss_type: Literal["kto", "apo_zero_unpaired"] = "kto"
+    """kto: the paper's eq. 7 (with the KL reference point); apo_zero_unpaired: APO-zero's unpaired form
+    (D'Oosterlinck et al. 2024), no KL term."""
+    desirable_weight: float = Field(1.0, gt=0)
+    """lambda_D: weight of the desirable answers' losses (to balance unequal counts)."""
+    undesirable_weight: float = Field(1.0, gt=0)
+    """lambda_U: weight of the undesirable answers' losses."""
+
+
+class GRPOObjective(_Strict):
+    """Group Relative Policy Optimization (Shao et al. 2024) with verifiable rewards: for each training
+    prompt the model samples `generations` answers (the evaluation's batched, stop-string-aware path), each
+    is rewarded by the task's metric against the reference (pass@1 in the sandbox for tasks with tests)
+    plus an optional format reward, and the answers' log-probabilities are pushed up or down by their
+    reward's standing in the group. On-policy (one update per generation, as TRL's default)."""
+
+    type: Literal["grpo"]
+    """Selects the stage type: grpo."""
+    generations: int = Field(4, ge=2)
+    """Answers sampled per prompt: the group whose mean reward is each answer's baseline (TRL's num_generations)."""
+    beta: float = Field(0.0, ge=0)
+    """KL weight: beta * KL(pi || pi_ref) per token (k3 estimator times the importance ratio, as TRL's
+    default use_bias_correction_kl: the unbiased reverse-KL gradient); the reference under LoRA / QLoRA is
+    the base model (adapters switched off, as TRL), under full fine-tuning a frozen copy of the model as
+    the stage starts. 0: no KL term."""
+    loss_type: Literal["grpo", "dr_grpo"] = "grpo"
+    """grpo: each answer's per-token loss averaged over its tokens, then over answers (the paper);
+    dr_grpo: summed over tokens and divided by max_new_tokens (Liu et al. 2025), free of the length bias."""
+    scale_rewards: Literal["group", "none"] = "group"
+    """group: advantages are (reward - group mean) / (group std + 1e-4); none: reward - group mean (Dr. GRPO)."""
+    temperature: float = Field(1.0, gt=0)
+    """Sampling temperature of the generations (top_p is eval.top_p)."""
+    max_new_tokens: int | None = Field(None, ge=1)
+    """Tokens per generation; default: the task's max_new_tokens, else eval.max_new_tokens."""
+    reward: Literal["metric"] = "metric"
+    """The verifiable reward: the task's metric of each answer against its reference (accuracy and
+    exact_match 0/1, ROUGE-L F, sentence chrF / BLEU, pass_at_1 by running the task's tests in the
+    sandbox; for the `code` metric, chrF of the code)."""
+    format_pattern: str | None = None
+    """An optional format reward: a regular expression (Python `re.search`, DOTALL) the answer should match."""
+    format_weight: float = Field(0.0, ge=0)
+    """Added to the reward of an answer that matches format_pattern."""
+
+    @model_validator(mode="after")
+    def _check(self) -> GRPOObjective:
+        import re
+
+        if (self.format_pattern is None) != (self.format_weight == 0):
+            raise ValueError("grpo: a format reward needs both format_pattern (a regex) and format_weight (> 0)")
+        if self.format_pattern is not None:
+            try:
+                re.compile(self.format_pattern)
+            except re.error as e:
+                raise ValueError(f"grpo format_pattern is not a regular expression ({e}); fix the pattern") from None
+        return self
+
+
+ObjectiveConfig = Annotated[
+    SFTObjective | DPOObjective | ORPOObjective | SimPOObjective | KTOObjective | GRPOObjective, Field(discriminator="type")
+]
+OBJECTIVE_TYPES = ("sft", "dpo", "orpo", "simpo", "kto", "grpo")
 
 
 def default_type(value: Any) -> Any:

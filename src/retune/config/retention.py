@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 from pydantic import Field
 
 from retune.config.data import TaskConfig
-from retune.config.objective import DPOObjective, ORPOObjective, SFTObjective, SimPOObjective
+from retune.config.objective import DPOObjective, GRPOObjective, KTOObjective, ORPOObjective, SFTObjective, SimPOObjective
 from retune.config.sections import _Strict
 
 
@@ -157,4 +157,14 @@ class SimPOStageConfig(_StageFields, SimPOObjective):
     """A SimPO stage: a stage's keys plus the simpo objective's."""
 
 
-Stage = Annotated[StageConfig | DPOStageConfig | ORPOStageConfig | SimPOStageConfig, Field(discriminator="type")]
+class KTOStageConfig(_StageFields, KTOObjective):
+    """A KTO stage: a stage's keys plus the kto objective's (the reference is the model as the stage starts)."""
+
+
+class GRPOStageConfig(_StageFields, GRPOObjective):
+    """A GRPO stage: a stage's keys plus the grpo objective's (the reference is the model as the stage starts)."""
+
+
+Stage = Annotated[
+    StageConfig | DPOStageConfig | ORPOStageConfig | SimPOStageConfig | KTOStageConfig | GRPOStageConfig, Field(discriminator="type")
+]

@@ -33,13 +33,14 @@ class RetuneConfig(_Strict):
     retention: list[RetentionMethod] = []
     """Mitigations, combinable: [{method: ewc | si | l2sp | distill | replay, weight: ..., ...}]."""
     objective: ObjectiveConfig = SFTObjective()
-    """What a one-stage run minimises: {type: sft} (supervised), or a preference objective
-    {type: dpo | orpo | simpo, ...} on the data's (prompt, chosen, rejected) pairs. With stages:
-    each stage's own `type` and keys say it instead."""
+    """What a one-stage run minimises: {type: sft} (supervised), a preference objective
+    {type: dpo | orpo | simpo, ...} on (prompt, chosen, rejected) pairs, {type: kto} on labelled
+    (prompt, completion) answers, or {type: grpo} on rewards of sampled answers. With stages: each
+    stage's own `type` and keys say it instead."""
     stages: list[Stage] = []
     """Fine-tune on these tasks in order (data.* keys other than tasks apply to all); after each stage
     every task seen so far is scored: the accuracy matrix R, average accuracy, BWT and FWT. Each
-    stage has a type (sft by default; dpo, orpo, simpo) with its keys, as `objective:` has."""
+    stage has a type (sft by default; dpo, orpo, simpo, kto, grpo) with its keys, as `objective:` has."""
     tune: TuneConfig = TuneConfig()
     """A search over this config's keys (`retune tune CONFIG`); `retune train` ignores it."""
 

@@ -60,8 +60,17 @@ class Objective:
     def collate(self, examples: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
         return collate(examples, pad_id)
 
+    def rows(self, e: Encoded) -> list[Encoded]:
+        """The sequences an example puts through the forward with gradients (`retune plan` sizes a
+        micro-batch by them): itself for sft; a pair's two answers; grpo's sampled answers."""
+        return [e]
+
     def prepare(self, model: Any, examples: list[Encoded], pad_id: int, batch_size: int, autocast: Autocast) -> None:
         """Anything the loss needs from the model before training (nothing for sft)."""
+
+    def before_step(self, model: Any, examples: list[Encoded], pad_id: int, autocast: Autocast) -> None:
+        """Once per optimizer step, before its micro-batches, on this process's share of the global batch
+        (maybe none: then it still joins any all-reduce): kto's KL reference point, grpo's generations."""
 
     # ------------------------------------------------------------ loss
 
@@ -82,3 +91,16 @@ class Objective:
 
 
 SFT = Objective()
+
+
+def curves(rows: list[dict], metric_names: tuple[str, ...], stage: int | None = None) -> dict[str, dict[str, list[Any]]]:
+    """summary.json's curves of a preference / RL stage from its metrics rows: per training step the loss
+    and the stage type's metrics (dpo: reward margin, accuracy, chosen and rejected rewards; kto and grpo:
+    KL to the reference, rewards), and the same at each validation."""
+    rows = [r for r in rows if r.get("stage") == stage and "step" in r]
+    train = [r for r in rows if "loss" in r]
+    val = [r for r in rows if "val_loss" in r]
+    return {
+        "train": {k: [r.get(k) for r in train] for k in ("step", "loss", *metric_names)},
+        "validation": {k: [r.get(f"val_{k}" if k != "step" else k) for r in val] for k in ("step", "loss", *metric_names)},
+    }

@@ -90,6 +90,9 @@ class PairObjective(Objective):
         assert isinstance(e, Pair) and e.rejected is not None
         return len(e.input_ids) + len(e.rejected.input_ids)
 
+    def rows(self, e: Encoded) -> list[Encoded]:
+        return [e, e.rejected] if isinstance(e, Pair) and e.rejected is not None else [e]
+
     def collate(self, examples: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
         return pair_batch([e for e in examples if isinstance(e, Pair)], pad_id)
 

@@ -294,6 +294,8 @@ def estimate(cfg: RetuneConfig, shape: Shape | None = None, batch: Batch | None 
     # autocast keeps a bf16 copy of each fp32 weight it casts, until the backward frees it
     cast_cache = 2 * s.quantisable if method == "full" and r.autocast else 0.0
     retention, teacher = _retention(cfg, method, trainable, weights, notes)
+    if method == "full" and cfg.objective.type == "grpo" and cfg.objective.beta:
+        teacher += weights  # grpo's KL reference: a frozen copy (under adapters: the base, adapters off)
 
     compile_mb = r.compile_mb if V >= 8192 and r.chunked_ce else 0.0
     ckpt = s.ckpt_bytes * (P - s.adapter)

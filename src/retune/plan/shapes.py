@@ -137,6 +137,7 @@ def batch_shape(cfg: RetuneConfig) -> Batch:
     from retune.models.load import load_tokenizer
     from retune.models.resolve import resolve_base
     from retune.models.tasks import task_type
+    from retune.objectives import objective_for
     from retune.session.prepare import prepare_data
     from retune.train.optim import total_steps
 
@@ -144,15 +145,16 @@ def batch_shape(cfg: RetuneConfig) -> Batch:
         tok = load_tokenizer(resolve_base(cfg.model.base), cfg.model)
     except Exception:  # no tokenizer here (hub id offline): the worst case stands, marked "assumed"
         return worst
-    prep = prepare_data(cfg, tok=tok)  # bad data is bad input, as in `retune train`
+    objective = objective_for(cfg.objective)  # a pair is two rows, a grpo prompt its generations
+    prep = prepare_data(cfg, tok=tok, objectives=[objective] * len(cfg.data.task_list()))  # bad data is bad input, as in `retune train`
     kind = task_type(cfg.model.task)
     steps = total_steps(t, len(prep.epoch_examples(0)))
     best, taken, epoch = None, 0, 0
     while taken < steps and epoch < 3:
         pool = prep.epoch_examples(epoch)
-        for batch in batch_indices([len(e.input_ids) for e in pool], t.batch_size * t.grad_accum, t.seed, epoch):
+        for batch in batch_indices([objective.length(e) for e in pool], t.batch_size * t.grad_accum, t.seed, epoch):
             for s in range(0, len(batch), t.batch_size):
-                micro = [pool[i] for i in batch[s : s + t.batch_size]]
+                micro = [row for i in batch[s : s + t.batch_size] for row in objective.rows(pool[i])]
                 seq_len, enc_len = kind.batch_lengths(micro)
                 labelled = sum(sum(1 for y in e.labels[1:] if y != -100) for e in micro)
                 key = len(micro) * (seq_len + enc_len) ** 1.3

@@ -21,7 +21,7 @@ from retune.train import distributed as dist
 def run(cfg: RetuneConfig, resumed: RunDir | None = None, watch: EvalWatch | None = None) -> tuple[RunDir, dict[str, Any]]:
     s = Session.begin(cfg, resumed, watch)
     objective = objective_for(cfg.objective)  # the stage type: sft, or a preference objective
-    prep = s.prepare()
+    prep = s.prepare(objectives=[objective] * len(cfg.data.task_list()))  # grpo keeps its prompts: one instance
     model = s.load_model(labels=prep.tasks[0].labels)
     run_dir = s.open_run()
     base = s.score_base(model)

@@ -73,7 +73,7 @@ def run(cfg: RetuneConfig, watch: EvalWatch | None = None) -> tuple[RunDir, dict
         )
         states.append(state)
         if dist.is_main() and objective.metric_names:
-            preference[task.name] = s.preference_scores(model, objective, prep.task_val[i])
+            preference[task.name] = s.preference_scores(model, objective, prep.task_val[i], stage=i + 1)
         if dist.is_main():
             save_weights(stage_dir / "trainable.safetensors", model)  # each stage checkpointed
         row = s.score(model, f"after {task.name}", f"stage-{i + 1}")  # rank 0; the others wait at the barrier
@@ -101,7 +101,7 @@ def run(cfg: RetuneConfig, watch: EvalWatch | None = None) -> tuple[RunDir, dict
         retention_history=s.retention.history,
         retention_data=s.retained_data(),
         uncertainty=uncertainty(run_dir, names, "base", f"stage-{len(names)}"),
-        stages={"tasks": names, "R": R, "baseline": baseline, **seq, "matrix_png": "matrix.png"},
+        stages={"tasks": names, "R": R, "baseline": baseline, **seq, "matrix_png": "matrix.png", "changes": stage_changes(run_dir, names)},
         train=s.train_stats(states, model),
     )
     if preference:
@@ -111,6 +111,16 @@ def run(cfg: RetuneConfig, watch: EvalWatch | None = None) -> tuple[RunDir, dict
     if retained:
         print_tradeoff([names[-1]], base, scores[-1], retained)
     return run_dir, summary
+
+
+def stage_changes(run_dir: RunDir, names: list[str]) -> list[dict[str, Any]]:
+    """What each stage after the first changed: every task's paired change (with its 95% interval) from
+    the scores after the stage before to the scores after it, e.g. a dpo stage over the sft stage."""
+    out = []
+    for i in range(1, len(names)):
+        change = uncertainty(run_dir, names, f"stage-{i}", f"stage-{i + 1}")["change"]
+        out.append({"stage": i + 1, "over": i, "change": change})
+    return out
 
 
 def print_matrix(names: list[str], R: list[list[float]], baseline: list[float], seq: dict) -> None:

@@ -42,6 +42,7 @@ from retune.models import loss as loss_mod
 from retune.models.load import compute_dtype, count_params, load_base, load_tokenizer, path_report, prepare_for_training
 from retune.models.resolve import resolve_base
 from retune.objectives import SFT, Objective
+from retune.objectives.base import curves
 from retune.retention import RetentionContext
 from retune.retention.base import Regularizer
 from retune.rundir import RunDir, check_output_dir
@@ -287,9 +288,13 @@ class Session:
         if self.prep is not None:  # pairs made by the model change the training sets' sizes
             self.prep.mix = plan_mix(self.cfg, self.prep.tasks, self.prep.task_train)
 
-    def preference_scores(self, model: Model, objective: Objective, val: list[Encoded]) -> dict[str, Any]:
-        """summary.json `preference`: the stage type's own scores of the validation set ({} for sft)."""
-        return objective.summary(model, val, self.tok.pad_token_id, self.cfg.eval.batch_size, self.autocast)
+    def preference_scores(self, model: Model, objective: Objective, val: list[Encoded], stage: int | None = None) -> dict[str, Any]:
+        """summary.json `preference`: the stage type's own scores of the validation set and its curves ({} for sft)."""
+        scores = objective.summary(model, val, self.tok.pad_token_id, self.cfg.eval.batch_size, self.autocast)
+        if scores and self.run is not None and self.run.metrics_path.exists():
+            rows = [json.loads(line) for line in self.run.metrics_path.read_text().splitlines() if line.strip()]
+            scores["curves"] = curves(rows, objective.metric_names, stage)
+        return scores
 
     def retention_context(self, anchor: list[Encoded]) -> RetentionContext:
         return RetentionContext(pad_id=self.tok.pad_token_id, autocast=self.autocast, anchor_data=anchor, log=self.log)

@@ -16,6 +16,7 @@ from retune.data.templates import Encoded, Formatter
 from retune.evaluate.report import console
 from retune.models.tasks import task_type
 from retune.objectives import SFT, Objective, objective_for
+from retune.objectives.kto import KTO_TEMPLATE
 from retune.objectives.pairs import PAIR_TEMPLATE
 from retune.types import Tokenizer
 
@@ -85,6 +86,8 @@ def default_template(objective: Objective) -> TemplateConfig | None:
     """User data without a template: preference pairs in TRL's format read prompt -> chosen (the chosen
     answer is the reference when the task is scored); supervised data must say its template."""
     cfg = getattr(objective, "cfg", None)
+    if objective.name == "kto":
+        return KTO_TEMPLATE  # prompt -> completion
     return PAIR_TEMPLATE if getattr(cfg, "pairs", None) == "data" else None
 
 

@@ -155,6 +155,7 @@ def _step(run: _Run, examples: list[Encoded]) -> StepResult:
     # so it runs one example with its loss weighted by zero.
     idle = not mine
     scale = 0.0 if idle else 1.0 / n_target
+    run.objective.before_step(run.plain, mine, run.pad_id, run.accelerator.autocast)  # e.g. grpo's generations
     local = _accumulate(run, examples[:1] if idle else mine, scale)
     result = _sum_over_processes(local, [reg.name for reg in run.regularizers], run.objective.metric_names)
     for name, value in _step_penalties(run).items():
