@@ -234,3 +234,27 @@ def test_fast_paths_are_reported_per_family(family):
     lean = name in ("llama", "mistral", "qwen2", "qwen3", "phi3")  # RMSNorm (and SwiGLU) classes models/lean.py knows
     assert ("rmsnorm x" in report) == lean and ("stock layers" in report) == (not lean), report
     assert ("stock head" in report) == (name == "gemma2"), report  # Gemma 2 soft-caps its logits in its own forward
+
+
+def test_packing_is_exact_in_every_family(family):
+    """Each family keeps packed examples apart (the probe that turns data.packing on says so), and a
+    packed batch has the padded batch's loss."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from retune.data.batching import collate
+    from retune.data.packing import isolates, packed_micro_batches
+    from retune.data.templates import Encoded
+    from retune.objectives import SFT
+
+    _, folder = family
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval()
+    assert isolates(model)
+    g = torch.Generator().manual_seed(0)
+    examples = [
+        Encoded(ids, [-100] * 3 + ids[3:], 3) for n in (9, 20, 5, 14, 30) for ids in [torch.randint(5, 300, (n,), generator=g).tolist()]
+    ]
+    with torch.no_grad():
+        padded = SFT.loss(model, collate(examples, 0), 1.0)[0].item()
+        packed = sum(SFT.loss(model, b, 1.0)[0].item() for b in packed_micro_batches(examples, 64, 8, 0))
+    assert packed == pytest.approx(padded, rel=1e-5)

@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from retune.config import TrainerConfig
 from retune.data.batching import batch_indices
+from retune.data.packing import packed_micro_batches
 from retune.data.templates import Encoded
 from retune.objectives import SFT, Objective
 from retune.retention.base import Regularizer
@@ -71,6 +72,7 @@ class _Run:
     regularizers: Sequence[Regularizer]
     ckpt_dir: Path
     objective: Objective  # the stage type: how examples batch, the loss, the validation sums
+    pack_to: int | None = None  # packed rows of this many tokens (data/packing.py); None: padded micro-batches
 
 
 def fit(
@@ -85,6 +87,7 @@ def fit(
     hooks: Hooks | None = None,
     resume: bool = False,
     objective: Objective = SFT,
+    pack_to: int | None = None,
 ) -> LoopState:
     """Train for cfg's steps; returns where the loop stopped (with the best weights loaded if asked).
 
@@ -92,6 +95,8 @@ def fit(
     each epoch; data/mixing.py); every epoch has the same size. `val` is a list, or {task: list} when
     each task's validation loss is logged too (early stopping follows the pooled loss). `objective`
     is the stage type (objectives/): sft's token loss unless a preference stage's is given.
+    `pack_to`: run each step's examples as packed rows of at most that many tokens (the caller has
+    checked that packing is exact for this model and objective: session.packing_width).
     """
     hooks = hooks or Hooks()
     log = hooks.log if dist.is_main() else _noop  # metrics are written once, by rank 0
@@ -101,6 +106,7 @@ def fit(
     global_batch = cfg.batch_size * cfg.grad_accum
     steps = total_steps(cfg, len(epoch_examples(0)))
     run = _prepare(model, cfg, steps, accelerator, pad_id, regularizers, ckpt_dir, objective)
+    run.pack_to = pack_to
     state = LoopState()
     ckpt = latest_checkpoint(ckpt_dir) if resume else None
     if ckpt is not None:
@@ -167,7 +173,10 @@ def _step(run: _Run, examples: list[Encoded]) -> StepResult:
 def _accumulate(run: _Run, mine: list[Encoded], scale: float) -> StepResult:
     """Forward and backward over this process's micro-batches; returns its share of the step's sums."""
     size = run.cfg.batch_size
-    micro = [run.objective.collate(mine[s : s + size], run.pad_id) for s in range(0, len(mine), size)]
+    if run.pack_to:  # rows of whole examples, no padding between them (data/packing.py)
+        micro = packed_micro_batches(mine, run.pack_to, size, run.pad_id)
+    else:
+        micro = [run.objective.collate(mine[s : s + size], run.pad_id) for s in range(0, len(mine), size)]
     local = StepResult(loss=0.0, penalties={}, tokens=0)
     for k, batch in enumerate(micro):
         # gradients are all-reduced once per step, in the backward of the last micro-batch
