@@ -25,6 +25,7 @@ from retune.retention.base import Regularizer
 from retune.train import distributed as dist
 from retune.train.checkpoint import LoopState, latest_checkpoint, load_checkpoint, load_trainable, save_checkpoint, save_weights
 from retune.train.optim import make_optimizer, make_scheduler, total_steps
+from retune.train.threads import Governor
 from retune.types import Accelerator, Model
 
 
@@ -114,6 +115,8 @@ def fit(
         log({"event": "resumed", "step": state.step, "checkpoint": ckpt.name, "processes": dist.world()})
 
     hooks.on_start(steps, state.step)
+    # trainer.threads unset: the thread count follows the cores other processes leave free (threads.py)
+    governor = Governor(torch.get_num_threads()) if cfg.threads is None else None
     try:
         while state.step < steps and not state.stopped_early:
             pool = epoch_examples(state.epoch)
@@ -121,6 +124,8 @@ def fit(
             for batch in batches[state.batch_in_epoch :]:
                 t0 = time.perf_counter()
                 result = _step(run, [pool[i] for i in batch])
+                if governor is not None:
+                    governor.step()
                 state.step += 1
                 state.batch_in_epoch += 1
                 state.tokens += result.tokens
@@ -144,6 +149,8 @@ def fit(
             _checkpoint(run, state)
         raise
     finally:
+        if governor is not None:
+            governor.restore()
         hooks.on_end()
     _load_best(run, state, log)
     return state
@@ -249,6 +256,7 @@ def _train_row(state: LoopState, result: StepResult, lr: float) -> dict:
         "lr": lr,
         "tokens": state.tokens,
         "tokens_per_s": state.tokens / max(state.train_seconds, 1e-9),
+        "threads": torch.get_num_threads(),
         **{f"penalty/{name}": value for name, value in result.penalties.items()},
         **result.metrics,
     }
