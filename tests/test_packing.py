@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from retune.data.batching import collate, next_token_mask
-from retune.data.packing import collate_packed, isolates, pack, packed_micro_batches
+from retune.data.packing import collate_packed, isolates, micro_batches, pack, packed_micro_batches
 from retune.data.templates import Encoded
 from retune.objectives import SFT
 
@@ -75,6 +75,16 @@ def test_packed_layout_restarts_positions_and_drops_first_labels():
     assert batch["labels"].tolist() == [[-100, 6, 7, -100, 9], [-100, 9, -100, -100, -100]]
     assert next_token_mask(batch).tolist() == [[True, True, False, True], [True, False, False, False]]
     assert "attention_mask" not in batch and "weights" not in batch
+
+
+def test_a_step_packs_only_where_that_saves_work():
+    short = [Encoded([5] * 10, [5] * 10, 0) for _ in range(8)]
+    steps = micro_batches(short, 2, PAD, 64, collate)  # 4 padded forwards of 2 x 10; packed: 3 rows of up to 20 slots
+    assert all("position_ids" in b for b in steps) and len(steps) < 4
+    even = [Encoded([5] * 30, [5] * 30, 0) for _ in range(4)]
+    steps = micro_batches(even, 4, PAD, 64, collate)  # one padded 4 x 30 forward: packing would save nothing
+    assert len(steps) == 1 and "attention_mask" in steps[0]
+    assert all("attention_mask" in b for b in micro_batches(short, 2, PAD, None, collate))  # packing off
 
 
 @pytest.mark.parametrize("attention", ["eager", "sdpa"])
@@ -144,21 +154,31 @@ def test_packing_true_is_refused_where_it_cannot_be_exact(section, why):
     validate(raw)  # auto: the same config is accepted, with packing off
 
 
-def test_packed_run_trains_like_the_padded_one(tmp_path, tiny_model, tiny_data):
+def test_packed_run_trains_like_the_padded_one(tmp_path, tiny_model, tiny_data, monkeypatch):
     """The whole recipe: the same loss at every step packed and padded, the run saying which it did."""
+    import retune.train.loop as loop_mod
     from conftest import tiny_config
     from helpers import losses, read_metrics, write_config
     from retune.cli import run_train
 
+    packed_steps = []
+
+    def counting(*args, **kwargs):
+        out = micro_batches(*args, **kwargs)
+        packed_steps.append(any("position_ids" in b for b in out))
+        return out
+
     runs = {}
+    monkeypatch.setattr(loop_mod, "micro_batches", counting)
     for packing in (True, False):
         cfg = tiny_config(tiny_model, tiny_data, tmp_path / "runs", trainer={"max_steps": 4, "batch_size": 2, "grad_accum": 4})
-        cfg["data"]["packing"] = packing
+        cfg["data"].update(packing=packing, max_length=128)  # rows of 3 examples: 3 forwards a step instead of 4
         cfg["output"]["name"] = f"packing-{packing}"
         runs[packing] = run_train(str(write_config(tmp_path / f"{packing}.yaml", cfg)))[0]
+    assert packed_steps[:4] == [True] * 4 and packed_steps[4:] == [False] * 4  # every step of the first run packed
     packed, padded = losses(runs[True]), losses(runs[False])
     assert packed.keys() == padded.keys() == {1, 2, 3, 4}
     assert all(packed[s] == pytest.approx(padded[s], abs=1e-4) for s in packed), (packed, padded)
     event = next(r for r in read_metrics(runs[True]) if r.get("event") == "packing")
-    assert event["width"] == 64
+    assert event["width"] == 128
     assert not any(r.get("event") == "packing" for r in read_metrics(runs[False]))

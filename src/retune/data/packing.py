@@ -18,6 +18,7 @@ need no more memory than the padded ones (packed_micro_batches).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -66,6 +67,24 @@ def collate_packed(rows: list[list[Encoded]], pad_id: int) -> dict[str, torch.Te
     if weighted:
         batch["weights"] = weights
     return batch
+
+
+def micro_batches(
+    examples: list[Encoded], batch_size: int, pad_id: int, pack_to: int | None, collate: Callable[[list[Encoded], int], dict]
+) -> list[dict[str, torch.Tensor]]:
+    """A process's share of an optimizer step as micro-batches: packed (pack_to: the rows' width) where
+    that runs fewer forwards or saves a tenth of the token slots, else padded (`collate`, batch_size
+    examples each). Length-grouped padded batches of similar examples waste little, and a packed row's
+    block-diagonal attention costs more than a short row's: measured on SmolLM2, equal token slots
+    took 2-9% longer packed."""
+    padded = [examples[s : s + batch_size] for s in range(0, len(examples), batch_size)]
+    if pack_to:
+        packed = packed_micro_batches(examples, pack_to, batch_size, pad_id)
+        slots = sum(b["input_ids"].numel() for b in packed)
+        padded_slots = sum(len(chunk) * max(len(e.input_ids) for e in chunk) for chunk in padded)
+        if len(packed) < len(padded) or slots <= 0.9 * padded_slots:
+            return packed
+    return [collate(chunk, pad_id) for chunk in padded]
 
 
 def packed_micro_batches(examples: list[Encoded], width: int, batch_size: int, pad_id: int) -> list[dict[str, torch.Tensor]]:

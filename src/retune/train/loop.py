@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from retune.config import TrainerConfig
 from retune.data.batching import batch_indices
-from retune.data.packing import packed_micro_batches
+from retune.data.packing import micro_batches
 from retune.data.templates import Encoded
 from retune.objectives import SFT, Objective
 from retune.retention.base import Regularizer
@@ -179,11 +179,8 @@ def _step(run: _Run, examples: list[Encoded]) -> StepResult:
 
 def _accumulate(run: _Run, mine: list[Encoded], scale: float) -> StepResult:
     """Forward and backward over this process's micro-batches; returns its share of the step's sums."""
-    size = run.cfg.batch_size
-    if run.pack_to:  # rows of whole examples, no padding between them (data/packing.py)
-        micro = packed_micro_batches(mine, run.pack_to, size, run.pad_id)
-    else:
-        micro = [run.objective.collate(mine[s : s + size], run.pad_id) for s in range(0, len(mine), size)]
+    # packed rows of whole examples where that saves work (data/packing.py), else padded micro-batches
+    micro = micro_batches(mine, run.cfg.batch_size, run.pad_id, run.pack_to, run.objective.collate)
     local = StepResult(loss=0.0, penalties={}, tokens=0)
     for k, batch in enumerate(micro):
         # gradients are all-reduced once per step, in the backward of the last micro-batch
