@@ -101,7 +101,8 @@ def retune_worker(model_dir: str, method: str, data: str, batch: int, steps: int
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as ckpt:
         hooks = Hooks(log=lambda r: rows.append({**r, "t": time.perf_counter()}))
-        fit(model, examples, [], cfg.trainer, model.config.eos_token_id, accelerator, Path(ckpt), hooks=hooks)
+        pack_to = cfg.data.max_length if cfg.data.packing is True else None  # --variant packed=data.packing=true
+        fit(model, examples, [], cfg.trainer, model.config.eos_token_id, accelerator, Path(ckpt), hooks=hooks, pack_to=pack_to)
     by_step = {r["step"]: r for r in rows if "tokens" in r}
     first, last = by_step[warmup], by_step[steps]
     return {

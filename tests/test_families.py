@@ -267,3 +267,27 @@ def test_shared_prefix_options_score_as_one_sequence_each(family, attention):
     assert [len(g) for g in got] == [3, 2, 4]
     for g, w in zip(got, want, strict=True):
         assert g == pytest.approx(w, abs=1e-4)
+
+
+def test_packing_is_exact_in_every_family(family):
+    """Each family keeps packed examples apart (the probe that turns data.packing on says so), and a
+    packed batch has the padded batch's loss."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from retune.data.batching import collate
+    from retune.data.packing import isolates, packed_micro_batches
+    from retune.data.templates import Encoded
+    from retune.objectives import SFT
+
+    _, folder = family
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="eager").eval()
+    assert isolates(model)
+    g = torch.Generator().manual_seed(0)
+    examples = [
+        Encoded(ids, [-100] * 3 + ids[3:], 3) for n in (9, 20, 5, 14, 30) for ids in [torch.randint(5, 300, (n,), generator=g).tolist()]
+    ]
+    with torch.no_grad():
+        padded = SFT.loss(model, collate(examples, 0), 1.0)[0].item()
+        packed = sum(SFT.loss(model, b, 1.0)[0].item() for b in packed_micro_batches(examples, 64, 8, 0))
+    assert packed == pytest.approx(padded, rel=1e-5)

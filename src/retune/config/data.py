@@ -165,6 +165,14 @@ class DataConfig(TaskDataConfig):
     """A response longer than max_length is an error naming the record; true: cut it (and say how many)."""
     train_on_prompt: bool = False
     """Also compute the loss on prompt tokens."""
+    packing: Literal["auto"] | bool = "auto"
+    """Pack several training examples into each row of up to max_length tokens, each attending only to
+    itself (position ids restart per example, block-diagonal causal mask): no compute on padding, fewer
+    and fuller micro-batches. Exact: the loss and gradients are those of padded batches, and a step
+    takes the same batch_size x grad_accum examples. auto: on for supervised stages of a causal LM
+    whose attention keeps packed examples apart (checked on the loaded model), else off. true: as auto,
+    but an error where it cannot be exact (model.task seq_cls / seq2seq, prefix / prompt tuning,
+    preference stages); false: pad each micro-batch to its longest example."""
     shuffle_seed: int = 0
     """Seed for sampling / splitting user data; training order uses trainer.seed."""
     tasks: list[TaskConfig] | None = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from pydantic import field_validator, model_validator
@@ -9,7 +10,7 @@ from pydantic import field_validator, model_validator
 from retune.config.data import DataConfig
 from retune.config.objective import ObjectiveConfig, SFTObjective, default_type
 from retune.config.retention import RetainConfig, RetentionMethod, Stage
-from retune.config.sections import AdapterConfig, EvalConfig, ModelConfig, OutputConfig, TrainerConfig, _Strict
+from retune.config.sections import PROMPT_LEARNING, AdapterConfig, EvalConfig, ModelConfig, OutputConfig, TrainerConfig, _Strict
 from retune.config.tune import TuneConfig
 
 
@@ -76,7 +77,22 @@ class RetuneConfig(_Strict):
         if preference and "replay" in names:
             raise ValueError(f"retention replay mixes supervised examples into training; {preference[0]} trains on pairs: drop replay")
         self._check_tune()
+        self._check_packing(preference)
         return self
+
+    def _check_packing(self, preference: Sequence[str]) -> None:
+        """data.packing: true where packing cannot be exact is refused, naming why (auto turns it off there)."""
+        if self.data.packing is not True:
+            return
+        why = None
+        if self.model.task != "causal_lm":
+            why = f"model.task={self.model.task} has its own batch layout"
+        elif self.adapter.type in PROMPT_LEARNING:
+            why = f"adapter.type={self.adapter.type} prepends virtual tokens to every row"
+        elif preference:
+            why = f"a {preference[0]} stage batches (prompt, chosen, rejected) pairs"
+        if why:
+            raise ValueError(f"data.packing: true cannot be exact here: {why}; set data.packing: auto (or false)")
 
     def _check_tune(self) -> None:
         t = self.tune

@@ -40,6 +40,7 @@ class ModelConfig(_Strict):
 # (e.g. "loha", "lokr", "adalora", "boft") with its arguments under `options`.
 AdapterType = str
 BUILTIN_ADAPTERS = ("full", "lora", "qlora", "dora", "ia3", "prefix_tuning", "prompt_tuning", "p_tuning")
+PROMPT_LEARNING = ("prefix_tuning", "prompt_tuning", "p_tuning")  # peft methods that prepend virtual tokens
 
 
 @functools.cache

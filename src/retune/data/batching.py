@@ -1,6 +1,9 @@
-"""Batches: a seeded order per epoch, optional grouping by length, and padding collation."""
+"""Batches: a seeded order per epoch, optional grouping by length, padding collation, and what a
+forward takes from a batch (padded here, or packed: data/packing.py)."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
@@ -41,3 +44,21 @@ def collate(examples: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     if any(e.weight != 1.0 for e in examples):  # per-task loss weights, one per row (B,)
         batch["weights"] = torch.tensor([e.weight for e in examples], dtype=torch.float32)
     return batch
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """What a forward takes from a batch: the padded layout's attention mask, or a packed batch's
+    position ids (data/packing.py; no mask, so transformers builds the block-diagonal one, and no cache,
+    which would hide the packing from it)."""
+    if "position_ids" in batch:
+        return {"input_ids": batch["input_ids"], "position_ids": batch["position_ids"], "use_cache": False}
+    return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+
+
+def next_token_mask(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """(B, T-1) bool: positions whose next token is a real token of the same example (what a causal LM
+    predicts there is part of that example), in either layout."""
+    if "example" in batch:
+        ex = batch["example"]
+        return (ex[:, 1:] == ex[:, :-1]) & (ex[:, 1:] > 0)
+    return batch["attention_mask"][:, 1:].bool()

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from retune.data.batching import model_inputs
 from retune.models.tasks import task_type_of
 
 CHUNK = 256  # rows of logits alive at once: at 1024 the chunk's logits and gradients added ~230 MB to the peak (SmolLM2, batch 8 x 256)
@@ -55,12 +56,17 @@ def unwrap(model: Any) -> Any:
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def is_prompt_learning(model: Any) -> bool:
+    """A peft method that prepends virtual tokens (prefix / prompt / p-tuning)."""
+    return bool(getattr(model, "peft_config", None)) and any(getattr(c, "is_prompt_learning", False) for c in model.peft_config.values())
+
+
 def hidden_path(model: Any) -> tuple[Any, Any] | None:
     """(backbone, lm_head) when the head can be applied to selected positions; None for methods
     (prefix / prompt tuning) whose peft forward must run as a whole, and for models whose forward does
     more to the logits than the head (Gemma 2's final_logit_softcapping: tanh(logits / c) * c; skipping
     it changes the NLL; tests/test_families.py::test_scores_are_the_models_own_loss[gemma2] fails without this)."""
-    if getattr(model, "peft_config", None) and any(getattr(c, "is_prompt_learning", False) for c in model.peft_config.values()):
+    if is_prompt_learning(model):
         return None
     base = unwrap(model)
     config = getattr(base, "config", None)
@@ -138,43 +144,50 @@ def token_nll(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor,
 def training_loss(model: Any, batch: dict[str, torch.Tensor], scale: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(loss to back-propagate, per-row summed NLL detached), by the model's task type. The loss is
     sum(token NLL) * scale; `scale` is 1 / (labelled tokens in the optimizer step), optionally times
-    per-row task weights (B,)."""
+    task weights per row (B,) or, in a packed batch, per token (B, T)."""
     return task_type_of(model).training_loss(model, batch, scale)
+
+
+def _token_losses(model: Any, batch: dict[str, torch.Tensor], mask: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """NLL of each labelled token (N,), through the model's head at the selected positions only."""
+    inputs = model_inputs(batch)
+    path = hidden_path(model)
+    if path is None:
+        logits = model(**inputs).logits
+        logits = logits[:, -batch["input_ids"].shape[1] :]  # prompt tuning prepends virtual tokens
+        return F.cross_entropy(logits[:, :-1][mask].float(), targets, reduction="none")
+    backbone, head = path
+    selected = backbone(**inputs).last_hidden_state[:, :-1][mask]  # (N, C)
+    parts = [
+        F.cross_entropy(head(selected[s : s + CHUNK]).float(), targets[s : s + CHUNK], reduction="none")
+        for s in range(0, selected.shape[0], CHUNK)
+    ]
+    return torch.cat(parts) if parts else selected.new_zeros(0, dtype=torch.float32)
 
 
 def causal_token_nll(model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """token_nll of a causal LM: only labelled positions go through the head."""
     mask, rows, targets = _positions(batch)
-    path = hidden_path(model)
-    if path is not None:
-        backbone, head = path
-        hidden = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-        selected = hidden[:, :-1][mask]  # (N, C)
-        parts = [
-            F.cross_entropy(head(selected[s : s + CHUNK]).float(), targets[s : s + CHUNK], reduction="none")
-            for s in range(0, selected.shape[0], CHUNK)
-        ]
-        tok_loss = torch.cat(parts) if parts else selected.new_zeros(0, dtype=torch.float32)
-    else:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        logits = logits[:, -batch["input_ids"].shape[1] :]  # prompt tuning prepends virtual tokens
-        tok_loss = F.cross_entropy(logits[:, :-1][mask].float(), targets, reduction="none")
-    return _per_row(tok_loss, rows, mask.shape[0]), mask.sum(dim=1)
+    return _per_row(_token_losses(model, batch, mask, targets), rows, mask.shape[0]), mask.sum(dim=1)
+
+
+def _token_weights(scale: float | torch.Tensor, mask: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """scale at each labelled token: a scalar, per row (B,), or per token (B, T) as packed batches carry it."""
+    w = torch.as_tensor(scale, dtype=torch.float32)
+    if w.ndim == 2:
+        return w[:, 1:][mask]
+    return w[rows] if w.ndim else w.expand(rows.shape[0])
 
 
 def causal_training_loss(model: Any, batch: dict[str, torch.Tensor], scale: float | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """training_loss of a causal LM: the fused linear + cross-entropy where the head is a plain Linear."""
     mask, rows, targets = _positions(batch)
-    weights = torch.as_tensor(scale, dtype=torch.float32)
-    weights = weights[rows] if weights.ndim else weights.expand(rows.shape[0])
+    weights = _token_weights(scale, mask, rows).contiguous()
     path = hidden_path(model)
     head = path[1] if path else None
     if path is None or not isinstance(head, torch.nn.Linear) or type(head) is not torch.nn.Linear or head.bias is not None:
-        nll, _ = causal_token_nll(model, batch)  # generic path: adapters on the head, prompt learning, ...
-        row_w = torch.as_tensor(scale, dtype=torch.float32)
-        return (nll * row_w).sum(), nll.detach()
-    backbone = path[0]
-    hidden = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
-    selected = hidden[:, :-1][mask]
-    loss, tok_losses = LinearCrossEntropy.apply(selected, head.weight, targets, weights.contiguous())
+        tok_loss = _token_losses(model, batch, mask, targets)  # generic path: adapters on the head, prompt learning, ...
+        return (tok_loss * weights).sum(), _per_row(tok_loss.detach(), rows, mask.shape[0])
+    hidden = path[0](**model_inputs(batch)).last_hidden_state
+    loss, tok_losses = LinearCrossEntropy.apply(hidden[:, :-1][mask], head.weight, targets, weights)
     return loss, _per_row(tok_losses, rows, mask.shape[0])

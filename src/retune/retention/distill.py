@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, cast
 import torch
 import torch.nn.functional as F
 
-from retune.data.batching import collate
+from retune.data.batching import collate, model_inputs, next_token_mask
 from retune.data.templates import Encoded
 from retune.models.loss import CHUNK, hidden_path
 from retune.retention.base import Regularizer
@@ -42,10 +42,10 @@ def position_logits(model: Model, batch: dict[str, torch.Tensor], mask: torch.Te
     """(N, V) logits of the next-token predictions at mask (B, T-1) positions, in fp32."""
     path = hidden_path(model)
     if path is None:
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits = model(**model_inputs(batch)).logits
         return logits[:, -batch["input_ids"].shape[1] :][:, :-1][mask].float()
     backbone, head = path
-    hidden = backbone(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+    hidden = backbone(**model_inputs(batch)).last_hidden_state
     selected = hidden[:, :-1][mask]  # (N, C)
     return torch.cat([head(selected[s : s + CHUNK]).float() for s in range(0, max(selected.shape[0], 1), CHUNK)])
 
@@ -123,7 +123,7 @@ class Distillation(Regularizer):
             return None
         total = None
         if "new" in self.on:
-            mask = batch["attention_mask"][:, 1:].bool() if self.positions == "all" else batch["labels"][:, 1:] != -100
+            mask = next_token_mask(batch) if self.positions == "all" else batch["labels"][:, 1:] != -100
             total = self._kl(model, batch, mask) * scale
         if "retain" in self.on and self.data:
             rows = [self.data[(self.cursor + j) % len(self.data)] for j in range(self.batch_size)]

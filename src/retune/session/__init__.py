@@ -32,6 +32,7 @@ import torch
 
 from retune import allocator, environment
 from retune.config import RetuneConfig, TaskConfig, TrainerConfig
+from retune.data.packing import isolates
 from retune.data.templates import Encoded
 from retune.errors import UsageError
 from retune.evaluate.forgetting import PROBE, RetainedScores
@@ -41,6 +42,7 @@ from retune.io import append_jsonl, replace_dir, staging_dir
 from retune.models import loss as loss_mod
 from retune.models.load import compute_dtype, count_params, load_base, load_tokenizer, path_report, prepare_for_training
 from retune.models.resolve import resolve_base
+from retune.models.tasks import CAUSAL_LM, task_type_of
 from retune.objectives import SFT, Objective
 from retune.objectives.base import curves
 from retune.retention import RetentionContext
@@ -326,8 +328,20 @@ class Session:
             hooks.on_end = progress.stop
         if tcfg.eval_every:
             hooks.on_eval = self._eval_hook(ckpt_dir, log)
+        pack_to = self.packing_width(model, objective, log)
         state = fit(
-            model, train, val, tcfg, self.tok.pad_token_id, self.accel, ckpt_dir, regularizers, hooks, resume=resume, objective=objective
+            model,
+            train,
+            val,
+            tcfg,
+            self.tok.pad_token_id,
+            self.accel,
+            ckpt_dir,
+            regularizers,
+            hooks,
+            resume=resume,
+            objective=objective,
+            pack_to=pack_to,
         )
         model = self.accel.unwrap_model(model)
         chosen = dist.broadcast_object(self.retention.restore_path(ckpt_dir, log) if dist.is_main() else None)
@@ -336,6 +350,27 @@ class Session:
 
             load_trainable(model, load_file(str(chosen)))
         return model, state
+
+    def packing_width(self, model: Model, objective: Objective, log: Callable[[dict], None]) -> int | None:
+        """data.packing for one fit: the packed rows' width (data.max_length), or None for padded
+        micro-batches where packing would not be exact (data/packing.py); said once in metrics.jsonl."""
+        mode = self.cfg.data.packing
+        if mode is False:
+            return None
+        why = None
+        if objective.name != "sft" or task_type_of(model) is not CAUSAL_LM or loss_mod.is_prompt_learning(model):
+            why = "not a supervised stage of a causal LM"  # data.packing: true was refused at validation
+        elif dist.params_sharded(self.accel):
+            why = "FSDP / ZeRO-3 run the same number of forwards on every process; packed shares differ"
+        elif not isolates(model):
+            why = f"{type(loss_mod.unwrap(model)).__name__}'s forward does not keep packed examples apart"
+        if why is None:
+            log({"event": "packing", "width": self.cfg.data.max_length})
+            return self.cfg.data.max_length
+        log({"event": "packing", "width": None, "off": why})
+        if mode is True and dist.is_main():
+            console.print(f"[yellow]warning: data.packing: off ({why}); training on padded micro-batches")
+        return None
 
     def _eval_hook(self, ckpt_dir: Path, log: Callable[[dict], None]) -> Callable[[Model, LoopState], bool]:
         """The retention gate, then the watcher (which hears the validation loss just logged)."""

@@ -18,12 +18,14 @@ from safetensors.torch import load_file
 
 from retune.config import TrainerConfig
 from retune.data.batching import batch_indices
+from retune.data.packing import micro_batches
 from retune.data.templates import Encoded
 from retune.objectives import SFT, Objective
 from retune.retention.base import Regularizer
 from retune.train import distributed as dist
 from retune.train.checkpoint import LoopState, latest_checkpoint, load_checkpoint, load_trainable, save_checkpoint, save_weights
 from retune.train.optim import make_optimizer, make_scheduler, total_steps
+from retune.train.threads import Governor
 from retune.types import Accelerator, Model
 
 
@@ -71,6 +73,7 @@ class _Run:
     regularizers: Sequence[Regularizer]
     ckpt_dir: Path
     objective: Objective  # the stage type: how examples batch, the loss, the validation sums
+    pack_to: int | None = None  # packed rows of this many tokens (data/packing.py); None: padded micro-batches
 
 
 def fit(
@@ -85,6 +88,7 @@ def fit(
     hooks: Hooks | None = None,
     resume: bool = False,
     objective: Objective = SFT,
+    pack_to: int | None = None,
 ) -> LoopState:
     """Train for cfg's steps; returns where the loop stopped (with the best weights loaded if asked).
 
@@ -92,6 +96,8 @@ def fit(
     each epoch; data/mixing.py); every epoch has the same size. `val` is a list, or {task: list} when
     each task's validation loss is logged too (early stopping follows the pooled loss). `objective`
     is the stage type (objectives/): sft's token loss unless a preference stage's is given.
+    `pack_to`: run each step's examples as packed rows of at most that many tokens (the caller has
+    checked that packing is exact for this model and objective: session.packing_width).
     """
     hooks = hooks or Hooks()
     log = hooks.log if dist.is_main() else _noop  # metrics are written once, by rank 0
@@ -101,6 +107,7 @@ def fit(
     global_batch = cfg.batch_size * cfg.grad_accum
     steps = total_steps(cfg, len(epoch_examples(0)))
     run = _prepare(model, cfg, steps, accelerator, pad_id, regularizers, ckpt_dir, objective)
+    run.pack_to = pack_to
     state = LoopState()
     ckpt = latest_checkpoint(ckpt_dir) if resume else None
     if ckpt is not None:
@@ -108,6 +115,8 @@ def fit(
         log({"event": "resumed", "step": state.step, "checkpoint": ckpt.name, "processes": dist.world()})
 
     hooks.on_start(steps, state.step)
+    # trainer.threads unset: the thread count follows the cores other processes leave free (threads.py)
+    governor = Governor(torch.get_num_threads()) if cfg.threads is None else None
     try:
         while state.step < steps and not state.stopped_early:
             pool = epoch_examples(state.epoch)
@@ -115,6 +124,8 @@ def fit(
             for batch in batches[state.batch_in_epoch :]:
                 t0 = time.perf_counter()
                 result = _step(run, [pool[i] for i in batch])
+                if governor is not None:
+                    governor.step()
                 state.step += 1
                 state.batch_in_epoch += 1
                 state.tokens += result.tokens
@@ -138,6 +149,8 @@ def fit(
             _checkpoint(run, state)
         raise
     finally:
+        if governor is not None:
+            governor.restore()
         hooks.on_end()
     _load_best(run, state, log)
     return state
@@ -167,8 +180,8 @@ def _step(run: _Run, examples: list[Encoded]) -> StepResult:
 
 def _accumulate(run: _Run, mine: list[Encoded], scale: float) -> StepResult:
     """Forward and backward over this process's micro-batches; returns its share of the step's sums."""
-    size = run.cfg.batch_size
-    micro = [run.objective.collate(mine[s : s + size], run.pad_id) for s in range(0, len(mine), size)]
+    # packed rows of whole examples where that saves work (data/packing.py), else padded micro-batches
+    micro = micro_batches(mine, run.cfg.batch_size, run.pad_id, run.pack_to, run.objective.collate)
     local = StepResult(loss=0.0, penalties={}, tokens=0)
     for k, batch in enumerate(micro):
         # gradients are all-reduced once per step, in the backward of the last micro-batch
@@ -241,6 +254,7 @@ def _train_row(state: LoopState, result: StepResult, lr: float) -> dict:
         "lr": lr,
         "tokens": state.tokens,
         "tokens_per_s": state.tokens / max(state.train_seconds, 1e-9),
+        "threads": torch.get_num_threads(),
         **{f"penalty/{name}": value for name, value in result.penalties.items()},
         **result.metrics,
     }
