@@ -469,16 +469,20 @@ def serve(
     max_batch: Annotated[int, typer.Option(help="Requests generated together in one batch")] = 8,
     max_queue: Annotated[int, typer.Option(help="Waiting requests before 429")] = 128,
     timeout: Annotated[float, typer.Option(help="Seconds a request may take, queue included")] = 120.0,
+    gguf: Annotated[
+        str | None, typer.Option(help="Serve a GGUF export through llama.cpp (a .gguf, or a run exported with retune export RUN --gguf)")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="CPU threads for generation (default: all cores)")] = None,
 ) -> None:
-    """An OpenAI-compatible HTTP API (chat, completions, streaming) over a base and named adapters."""
+    """An OpenAI-compatible HTTP API (chat, completions, streaming) over a base and named adapters, or a GGUF."""
     _quiet_libraries()
     from retune.serve.app import Settings
     from retune.serve.server import serve as run_server
 
-    if min(max_tokens, max_batch, max_queue) < 1 or timeout <= 0:
-        raise UsageError("--max-tokens, --max-batch, --max-queue and --timeout must be positive")
+    if min(max_tokens, max_batch, max_queue, threads or 1) < 1 or timeout <= 0:
+        raise UsageError("--max-tokens, --max-batch, --max-queue, --threads and --timeout must be positive")
     settings = Settings(api_key=api_key, max_tokens=max_tokens, default_max_tokens=min(128, max_tokens), timeout_s=timeout)
-    run_server(base, adapter or [], adapter_dir, host, port, settings, max_batch, max_queue)
+    run_server(base, adapter or [], adapter_dir, host, port, settings, max_batch, max_queue, gguf, threads)
 
 
 @app.command()

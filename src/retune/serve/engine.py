@@ -139,7 +139,7 @@ class Engine:
         sampling = (
             {"do_sample": True, "temperature": first.temperature, "top_p": first.top_p} if first.temperature > 0 else {"do_sample": False}
         )
-        rows = _Rows(batch, tok, _eos_ids(reg.model, tok))
+        rows = Rows(batch, tok, _eos_ids(reg.model, tok))
         with reg.lock:
             reg.get(first.model)  # removed while queued: NotFound, reported to these requests
             with reg.activate(first.model):
@@ -169,8 +169,9 @@ def _held_back(text: str, stops: list[str]) -> int:
     return max((k for s in stops for k in range(1, len(s)) if text.endswith(s[:k])), default=0)
 
 
-class _Rows:
-    """Streamer and per-row stopping criterion in one: turns each step's tokens into text per job."""
+class Rows:
+    """Streamer and per-row stopping criterion in one: turns each step's tokens into text per job (EOS, stop
+    strings, max_tokens, deadline). The llama.cpp engine (serve/gguf.py) feeds it through `step`."""
 
     def __init__(self, batch: list[Job], tok: Any, eos: set[int]):
         self.batch, self.tok, self.eos = batch, tok, eos
@@ -181,8 +182,12 @@ class _Rows:
         if not self.seen_prompt:
             self.seen_prompt = True
             return
+        self.step(value.view(-1).tolist())
+
+    def step(self, tokens: list[int]) -> None:
+        """One generation step: the next token of every row (a finished row's is ignored)."""
         now = time.monotonic()
-        for job, token in zip(self.batch, value.view(-1).tolist(), strict=True):
+        for job, token in zip(self.batch, tokens, strict=True):
             if job.finish is not None:
                 continue
             if job.cancelled or now > job.deadline:

@@ -130,6 +130,9 @@ class Registry:
             self.model.delete_adapter(name)
             del self.adapters[name]
 
+    def close(self) -> None:
+        """Free what the garbage collector does not (nothing for torch models; llama.cpp's, see serve/gguf.py)."""
+
     # -- generation context
     def activate(self, name: str) -> Any:
         """A context manager in which self.model computes as `name` (call with self.lock held)."""

@@ -42,6 +42,22 @@ def build_registry(base: str | None, adapters: list[str], adapter_dir: str | Non
     return registry
 
 
+def build_gguf_registry(gguf: str, base: str | None, adapters: list[str], adapter_dir: str | None, threads: int) -> Registry:
+    """The llama.cpp path: one merged GGUF export, nothing to put on top of it."""
+    from retune.serve.gguf import GgufRegistry
+
+    if base is not None or adapters or adapter_dir is not None:
+        raise UsageError("--gguf serves one merged model: drop --base/--adapter/--adapter-dir (the export has the adapter merged in)")
+    return GgufRegistry(gguf, threads)
+
+
+def make_engine(registry: Registry, max_batch: int, max_queue: int) -> Engine:
+    from retune.serve.gguf import GgufEngine, GgufRegistry
+
+    engine = GgufEngine if isinstance(registry, GgufRegistry) else Engine
+    return engine(registry, max_batch=max_batch, max_queue=max_queue)
+
+
 def serve(
     base: str | None,
     adapters: list[str],
@@ -51,15 +67,29 @@ def serve(
     settings: Settings,
     max_batch: int,
     max_queue: int,
+    gguf: str | None = None,
+    threads: int | None = None,
 ) -> None:
+    import os
+
+    import torch
     import uvicorn
 
     if not _loopback(host) and settings.api_key is None:
         print(f"warning: serving on {host} without --api-key: anyone who can reach it can use it", file=sys.stderr)
-    registry = build_registry(base, adapters, adapter_dir)
-    app = create_app(registry, Engine(registry, max_batch=max_batch, max_queue=max_queue), settings)
-    print(f"serving {', '.join(registry.names())} on http://{host}:{port}/v1", file=sys.stderr)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    threads = threads or len(os.sched_getaffinity(0))  # the cores this process may use, as training does
+    torch.set_num_threads(threads)
+    if gguf is not None:
+        registry = build_gguf_registry(gguf, base, adapters, adapter_dir, threads)
+    else:
+        registry = build_registry(base, adapters, adapter_dir)
+    app = create_app(registry, make_engine(registry, max_batch, max_queue), settings)
+    via = f" (llama.cpp, {threads} threads)" if gguf is not None else ""
+    print(f"serving {', '.join(registry.names())}{via} on http://{host}:{port}/v1", file=sys.stderr)
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning")
+    finally:
+        registry.close()
 
 
 def _loopback(host: str) -> bool:
