@@ -439,6 +439,9 @@ class Session:
         summary["environment"] = environment.describe()
         if self.plan is not None:
             summary["plan"] = self.plan
+        if dist.is_main():
+            planned = f" (plan: {self.plan['predicted_mb']:,.0f} MB)" if self.plan else ""
+            console.print(f"peak memory: {self.memory.peak_mb():,.0f} MB measured{planned}; by phase in summary.json train.phase_peaks_mb")
         self.write_summary(summary)
         if dist.is_main() and self.run.metrics_path.exists():
             plot_loss(self.run.metrics_path, self.run.path / "loss.png")
