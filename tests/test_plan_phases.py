@@ -42,7 +42,7 @@ def test_a_phase_records_its_own_peak_and_leaves_ru_maxrss_alone():
     assert peaks.peaks["big"] >= held
     assert peaks.peaks["outer"] >= peaks.peaks["big"]  # a nested phase counts in its parent
     assert peaks.peaks["big"] > peaks.peaks["small"] + 200  # the freed block is not the next phase's
-    assert peaks.peak_mb() == pytest.approx(hwm_mb()) and peaks.peak_mb() >= peaks.peaks["big"]
+    assert peaks.peak_mb() >= max(hwm_mb(), *peaks.peaks.values())
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >= before  # the kernel's counter is not reset
 
 
@@ -64,7 +64,8 @@ def test_scoring_passes_cost_what_they_hold(cfg):
     low = shape.params - shape.adapter
     assert fp32.phases["base_eval"] - bf16.phases["base_eval"] >= 4 * low / 2**20
     assert fp32.phases["train"] > bf16.phases["train"]  # what the round trip leaves stays resident
-    gens = [plan.estimate(c, shape, batch, rules, ([Job("g", "generate", 8, 40, n)], [])) for n in (8, 64)]
+    live = plan.Rules(load_resident=False)  # live bytes (no malloc keeping training's memory)
+    gens = [plan.estimate(c, shape, batch, live, ([Job("g", "generate", 8, 40, n)], [])) for n in (8, 64)]
     assert gens[0].phases["tuned_eval"] < gens[1].phases["tuned_eval"]
     assert gens[0].phases["tuned_eval"] - gens[0].phases["base_eval"] >= 8 * 40 * shape.vocab * 4 / 2**20 * 0.99
 
@@ -74,7 +75,8 @@ def test_train_prints_and_records_the_plan_and_each_phase(tiny_model, tiny_data,
 
     raw = tiny_config(tiny_model, tiny_data, tmp_path / "runs", retain={"probe": "general", "probe_samples": 4})
     run_dir, _ = run_train(str(write_config(tmp_path / "c.yaml", raw)))
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
     assert "memory plan: peak" in out and "peak memory:" in out
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["plan"]["predicted_mb"] == max(summary["plan"]["phases_mb"].values())

@@ -133,8 +133,9 @@ def print_plan(plan: Plan, title: str = "") -> None:
 
 
 def announce(cfg: RetuneConfig, prep: object, rset: object = None) -> dict | None:
-    """`retune train`'s prediction, printed before the model loads: summary.json `plan` (predicted_mb,
-    phase, phases_mb). None (and a note) where the model cannot be planned; the run goes on."""
+    """`retune train`'s prediction, made before the model loads (printed once it has loaded, so that a bad
+    model is still one error line): summary.json `plan` (predicted_mb, phase, phases_mb). None (and a
+    note) where the model cannot be planned; the run goes on."""
     from retune.evaluate.report import console
     from retune.plan.estimate import read_data
 
@@ -144,5 +145,4 @@ def announce(cfg: RetuneConfig, prep: object, rset: object = None) -> dict | Non
     except Exception as e:  # a prediction must never stop a run
         console.print(f"[yellow]memory plan not available ({type(e).__name__}: {e})")
         return None
-    console.print(f"memory plan: peak {plan.peak_mb:,.0f} MB predicted, while {plan.phase} (retune plan for the parts)")
     return {"predicted_mb": round(plan.peak_mb, 1), "phase": plan.phase, "phases_mb": {k: round(v, 1) for k, v in plan.phases.items()}}

@@ -168,6 +168,9 @@ class Session:
         """The run directory (rank 0 creates it, every rank agrees on it), the Accelerator, trackers."""
         self.run = self.resumed or dist.agree(lambda: RunDir.create(self.cfg))
         console.print(f"run directory: {self.run.path}")
+        if self.plan is not None and dist.is_main():
+            peak, phase = self.plan["predicted_mb"], self.plan["phase"]
+            console.print(f"memory plan: peak {peak:,.0f} MB predicted, while {phase} (retune plan: the parts)")
         self.accelerator = make_accelerator(self.cfg, self.run.path)
         if self.cfg.trainer.logger != "none":
             self.accelerator.init_trackers(self.run.path.name, config=tracker_config(self.cfg.model_dump(mode="json")))

@@ -70,8 +70,9 @@ class PhasePeaks:
                 self._halt()
 
     def peak_mb(self) -> float:
-        """The whole process's peak so far (VmHWM), MB."""
-        return hwm_mb()
+        """The whole process's peak so far (VmHWM, which the kernel updates lazily: a sample can be above it), MB."""
+        with self._lock:
+            return max(hwm_mb(), *self.peaks.values(), 0.0)
 
     def rounded(self) -> dict[str, float]:
         return {k: round(v, 1) for k, v in self.peaks.items()}
