@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import resource
+import time
 
 import pytest
 from tests.conftest import tiny_config
@@ -35,6 +36,7 @@ def test_a_phase_records_its_own_peak_and_leaves_ru_maxrss_alone():
             block = bytearray(300 * 2**20)  # touched: 300 MB resident until freed
             for i in range(0, len(block), 4096):
                 block[i] = 1
+            time.sleep(0.2)  # the sampler's turn while the block is alive (the process's HWM may be higher already)
             held = peaks.peaks["big"]
             del block
         with peaks.phase("small"):
