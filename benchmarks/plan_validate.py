@@ -2,6 +2,9 @@
 
     flock /tmp/retune-cpu.lock .venv/bin/python benchmarks/plan_validate.py --json benchmarks/results/plan_validate.json
     .venv/bin/python benchmarks/plan_validate.py --only smol-lora-b8      # one configuration
+    # whole runs: each example config end to end through `retune train`, plan vs measured by phase
+    flock /tmp/retune-cpu.lock .venv/bin/python benchmarks/plan_validate.py --examples examples/quickstart.yaml \
+        examples/multitask.yaml --json benchmarks/results/plan_examples.json [--set KEY=VALUE ...]
 
 Each configuration runs `retune.cli.run_train` (what `retune train` runs: base scoring, training,
 tuned scoring, saving) in its own process for --steps optimizer steps. The child resets the
@@ -161,6 +164,58 @@ def child(config: str, overrides: list[str], outdir: str) -> dict:
     return {"phases_mb": phases, "peak_mb": max(phases.values()), "summary_peak_mb": peak, "allocator": summary["train"]["allocator"]}
 
 
+# ---------------------------------------------------------------- whole runs (--examples)
+
+
+def run_example(config: str, overrides: list[str], out: Path, env: dict[str, str]) -> dict:
+    """`retune train CONFIG` as a user runs it (its own process, its allocator), VmRSS sampled every
+    0.1 s from outside; the run's summary.json has the plan and the per-phase peaks (VmHWM)."""
+    import time
+
+    out.mkdir(parents=True, exist_ok=True)
+    before = set(out.glob("*/summary.json"))
+    cmd = [str(ROOT / ".venv/bin/retune"), "train", config, *[f"--set={o}" for o in [*overrides, f"output.dir={out}"]]]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
+    sampled = 0.0
+    while proc.poll() is None:
+        try:
+            status = Path(f"/proc/{proc.pid}/status").read_text()
+            sampled = max(sampled, int(re.search(r"VmRSS:\s+(\d+)", status).group(1)) / 1024)  # type: ignore[union-attr]
+        except (OSError, AttributeError):
+            pass
+        time.sleep(0.1)
+    err = proc.stderr.read() if proc.stderr else ""
+    new = sorted(set(out.glob("*/summary.json")) - before, key=lambda p: p.stat().st_mtime)
+    if proc.returncode != 0 or not new:
+        raise RuntimeError(f"{config}: exit {proc.returncode}\n{err[-2000:]}")
+    summary = json.loads(new[-1].read_text())
+    plan, train = summary.get("plan") or {}, summary["train"]
+    measured = max(sampled, train["peak_memory_mb"])
+    phases = train.get("phase_peaks_mb", {})
+    row = {"config": config, "overrides": overrides, "predicted_mb": plan.get("predicted_mb"), "measured_mb": round(measured)}
+    row |= {"summary_peak_mb": round(train["peak_memory_mb"]), "sampled_peak_mb": round(sampled), "allocator": train.get("allocator")}
+    row |= {"plan_phase": plan.get("phase"), "measured_phase": max(phases, key=phases.get) if phases else None}
+    row |= {"plan_phases_mb": plan.get("phases_mb"), "measured_phases_mb": phases, "wall_seconds": round(train["wall_seconds"])}
+    if row["predicted_mb"]:
+        row["error_pct"] = round(100 * (row["predicted_mb"] - measured) / measured, 1)
+    return row
+
+
+def examples(paths: list[str], overrides: list[str], work: Path, out_json: str | None) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    table = []
+    for config in paths:
+        row = run_example(config, overrides, work / "example-runs", env)
+        table.append(row)
+        pred = f"predicted {row['predicted_mb'] or 0:6.0f} MB ({row['plan_phase']})"
+        got = f"measured {row['measured_mb']:6.0f} MB ({row['measured_phase']})"
+        print(f"{Path(config).name:22} {pred}  {got}  error {row.get('error_pct', float('nan')):+6.1f}%", flush=True)
+        for name, mb in row["measured_phases_mb"].items():
+            print(f"    {name:16} measured {mb:7.0f}  plan {(row['plan_phases_mb'] or {}).get(name, float('nan')):7.0f}")
+        if out_json:
+            Path(out_json).write_text(json.dumps(table, indent=2) + "\n")
+
+
 # ---------------------------------------------------------------- parent
 
 
@@ -169,6 +224,8 @@ def main() -> None:
     ap.add_argument("--only", nargs="*", help="run only these configurations")
     ap.add_argument("--json", help="write the table here")
     ap.add_argument("--rescore", help="recompute the predictions for the measurements in this JSON (no runs)")
+    ap.add_argument("--examples", nargs="*", help="whole runs: these configs through `retune train`, plan vs measured by phase")
+    ap.add_argument("--set", action="append", default=[], help="--examples: an override for every config (a reduced size)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--work", help="folder for the synthetic data, the 350M model and runs (default: a temp dir)")
     args, rest = ap.parse_known_args()
@@ -176,6 +233,9 @@ def main() -> None:
         print("RESULT " + json.dumps(child(args.child, rest[1:] if rest[:1] == ["--"] else rest, os.environ["PLAN_OUT"])))
         return
 
+    if args.examples:
+        examples(args.examples, args.set, Path(args.work or "/tmp/plan-validate"), args.json)
+        return
     from retune.config import load_config
     from retune.plan import estimate
 

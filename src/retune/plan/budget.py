@@ -130,3 +130,19 @@ def print_plan(plan: Plan, title: str = "") -> None:
         if not plan.fits and plan.suggestion:
             after = f" (peak {plan.suggested_peak_mb:,.0f} MB)" if plan.suggested_peak_mb else ""
             out.print(f"cheapest change that fits: {plan.suggestion}{after}")
+
+
+def announce(cfg: RetuneConfig, prep: object, rset: object = None) -> dict | None:
+    """`retune train`'s prediction, made before the model loads (printed once it has loaded, so that a bad
+    model is still one error line): summary.json `plan` (predicted_mb, phase, phases_mb). None (and a
+    note) where the model cannot be planned; the run goes on."""
+    from retune.evaluate.report import console
+    from retune.plan.estimate import read_data
+
+    try:
+        batch, jobs = read_data(cfg, prep=prep, rset=rset)  # type: ignore[arg-type]
+        plan = estimate(cfg, batch=batch, jobs=jobs)
+    except Exception as e:  # a prediction must never stop a run
+        console.print(f"[yellow]memory plan not available ({type(e).__name__}: {e})")
+        return None
+    return {"predicted_mb": round(plan.peak_mb, 1), "phase": plan.phase, "phases_mb": {k: round(v, 1) for k, v in plan.phases.items()}}

@@ -14,20 +14,25 @@ retune's training path (models/load.py, models/loss.py, train/loop.py):
   eager attention saves fp32 and bf16 (B, heads, T, T) probabilities of every layer; SDPA neither;
 - loss: only labelled positions reach the head, CE_CHUNK rows of logits at a time.
 
-The peak is the largest of three moments: loading, scoring (no gradients), and training, where it
-is weights + optimizer states + max(end of forward: saved activations + loss buffers, optimizer
+The peak is the largest over the run's phases (plan/phases.py: loading, each scoring pass, training,
+saving); training holds weights + optimizer states + max(end of forward: saved activations + loss buffers, optimizer
 step: gradients). The measured constants are RUNTIME_MB and COMPILE_MB; per-layer activation
 coefficients are counts of the tensors autograd saves (checked with saved_tensors_hooks).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from retune import allocator
 from retune.config import RetuneConfig
-from retune.plan.shapes import Batch, Shape, batch_shape, model_shape
+from retune.plan.phases import Resident, run_phases
+from retune.plan.scoring import Job, retained_jobs, task_jobs
+from retune.plan.shapes import Batch, Shape, batch_shape, model_shape, prepared
+
+if TYPE_CHECKING:
+    from retune.session.prepare import Prepared
 
 MB = 2**20
 # RSS of a `retune train` process before any weights: python + torch + transformers + peft +
@@ -110,10 +115,11 @@ class Rules:
 class Plan:
     parts: dict[str, float]  # MB
     peak_mb: float
-    phase: str  # which moment is the peak: load | eval | train
-    phases: dict[str, float]  # MB at each moment
+    phase: str  # the phase that sets the peak (plan/phases.py: load, base_eval, ..., train, ..., save)
+    phases: dict[str, float]  # MB at the peak of each phase
     batch: dict[str, Any]
     notes: list[str]
+    scoring: list[dict[str, Any]] = field(default_factory=list)  # the scoring passes counted (plan/scoring.py)
     budget_mb: float | None = None
     fits: bool | None = None
     suggestion: str | None = None
@@ -277,14 +283,24 @@ def _malloc_notes(r: Rules, b: Batch) -> list[str]:
     return notes
 
 
-def estimate(cfg: RetuneConfig, shape: Shape | None = None, batch: Batch | None = None, rules: Rules | None = None) -> Plan:
-    """The predicted peak memory of `retune train cfg`, in parts."""
+def estimate(
+    cfg: RetuneConfig,
+    shape: Shape | None = None,
+    batch: Batch | None = None,
+    rules: Rules | None = None,
+    jobs: tuple[list[Job], list[Job]] | None = None,
+) -> Plan:
+    """The predicted peak memory of `retune train cfg`, in parts and by phase. `jobs`: the (task,
+    retained) scoring passes (plan/scoring.py); read from the data with the batch when neither is given."""
     s = shape or model_shape(cfg)
-    b = batch or batch_shape(cfg)
+    if batch is None:
+        b, jobs = read_data(cfg, jobs)
+    else:
+        b = batch
     r = rules or Rules.for_config(cfg)
     method = "full" if cfg.adapter.type == "full" else ("qlora" if cfg.adapter.quantization in ("nf4", "fp4") else "lora")
     notes: list[str] = []
-    P, V, h = s.params, s.vocab, s.hidden
+    P, V = s.params, s.vocab
     weights, trainable = _weights(s, r, method, cfg.adapter.quantization == "int8")
     adapter = 4 * s.adapter if method != "full" else 0.0
     grads = 4 * trainable
@@ -304,13 +320,13 @@ def estimate(cfg: RetuneConfig, shape: Shape | None = None, batch: Batch | None 
     saved = act + logits + cast_cache
     slack = (r.overhead(method, lean_applies(s, r)) - 1) * saved
     train = fixed + compile_mb * MB + optimizer + max(saved + slack, grads)
-    # scoring (before and after training): weights plus one layer's no-grad temporaries at eval batch
-    eval_rows = cfg.eval.batch_size
-    eval_tmp = eval_rows * b.seq_len * (8 * h + 4 * s.intermediate + (8 * s.heads * b.seq_len if r.eager else 0))
-    evaluation = fixed + optimizer + eval_tmp
     # loading: transformers reads the checkpoint through mmap; a dtype conversion holds both copies
     load = r.runtime_mb * MB + weights + max(loading, ckpt if method != "lora" else 0)
-    phases = {"load": load / MB, "eval": evaluation / MB, "train": train / MB}
+    if jobs is None:  # no data read: the validation loss at eval batch and the training length
+        jobs = ([Job("validation loss", "nll", cfg.eval.batch_size, b.seq_len)], [])
+    low = 0 if method == "full" or r.frozen_bytes == 4 else P - s.adapter - (s.quantisable if method == "qlora" else 0)
+    res = Resident(fixed, optimizer, train, load, low, r.load_resident)
+    phases = run_phases(cfg, s, res, jobs[0], jobs[1], r.eager, method)
     phase = max(phases, key=lambda name: phases[name])
     parts = {
         "runtime": r.runtime_mb + compile_mb,
@@ -327,4 +343,14 @@ def estimate(cfg: RetuneConfig, shape: Shape | None = None, batch: Batch | None 
     }
     notes += _malloc_notes(r, b)
     shape_d = {"batch_size": b.size, "seq_len": b.seq_len, "labelled_rows": b.labelled, "source": b.source}
-    return Plan(parts, phases[phase], phase, phases, shape_d, notes)
+    plan = Plan(parts, phases[phase], phase, phases, shape_d, notes)
+    plan.scoring = [j.to_dict() for j in jobs[0] + jobs[1]]
+    return plan
+
+
+def read_data(cfg: RetuneConfig, jobs: tuple[list[Job], list[Job]] | None = None, prep: Prepared | None = None, rset: Any = None):
+    """(largest training micro-batch, (task, retained) scoring passes) from the run's data."""
+    prep = prep or prepared(cfg)
+    if prep is None:
+        return batch_shape(cfg, None), jobs
+    return batch_shape(cfg, prep), jobs or (task_jobs(cfg, prep), retained_jobs(cfg, prep, rset))

@@ -4,10 +4,13 @@ device (Shape), and the largest micro-batch the run will see (Batch)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from retune.config import RetuneConfig
 from retune.errors import UsageError
+
+if TYPE_CHECKING:
+    from retune.session.prepare import Prepared
 
 
 @dataclass
@@ -128,25 +131,35 @@ class Batch:
     source: str = "assumed"  # "data": measured on the tokenised training set
 
 
-def batch_shape(cfg: RetuneConfig) -> Batch:
-    """Tokenise the training data (no model weights) and find the micro-batch with the most tokens
-    among the optimizer steps the run will take; without data access, assume full-length rows."""
-    t = cfg.trainer
-    worst = Batch(t.batch_size, cfg.data.max_length, t.batch_size * cfg.data.max_length if cfg.data.train_on_prompt else t.batch_size * 8)
-    from retune.data.batching import batch_indices
+def prepared(cfg: RetuneConfig) -> Prepared | None:
+    """The run's data as `retune train` encodes it (no model weights); None without a tokenizer here."""
     from retune.models.load import load_tokenizer
     from retune.models.resolve import resolve_base
-    from retune.models.tasks import task_type
     from retune.objectives import objective_for
     from retune.session.prepare import prepare_data
-    from retune.train.optim import total_steps
 
     try:
         tok = load_tokenizer(resolve_base(cfg.model.base), cfg.model)
     except Exception:  # no tokenizer here (hub id offline): the worst case stands, marked "assumed"
+        return None
+    objectives = [objective_for(cfg.objective)] * len(cfg.data.task_list())  # a pair is two rows, a grpo prompt its generations
+    return prepare_data(cfg, tok=tok, objectives=objectives)  # bad data is bad input, as in `retune train`
+
+
+def batch_shape(cfg: RetuneConfig, prep: Prepared | None = None) -> Batch:
+    """Find the micro-batch with the most tokens among the optimizer steps the run will take in the
+    tokenised training data (`prep`, else read here); without data access, assume full-length rows."""
+    t = cfg.trainer
+    worst = Batch(t.batch_size, cfg.data.max_length, t.batch_size * cfg.data.max_length if cfg.data.train_on_prompt else t.batch_size * 8)
+    from retune.data.batching import batch_indices
+    from retune.models.tasks import task_type
+    from retune.objectives import objective_for
+    from retune.train.optim import total_steps
+
+    prep = prep or prepared(cfg)
+    if prep is None:
         return worst
     objective = objective_for(cfg.objective)  # a pair is two rows, a grpo prompt its generations
-    prep = prepare_data(cfg, tok=tok, objectives=[objective] * len(cfg.data.task_list()))  # bad data is bad input, as in `retune train`
     kind = task_type(cfg.model.task)
     steps = total_steps(t, len(prep.epoch_examples(0)))
     best, taken, epoch = None, 0, 0

@@ -11,6 +11,7 @@ from typing import Any
 from retune.config import RetuneConfig
 from retune.evaluate.report import print_scores
 from retune.objectives import objective_for
+from retune.plan.budget import announce
 from retune.rundir import RunDir
 from retune.session import EvalWatch, Session
 from retune.session.retain import print_tradeoff
@@ -22,6 +23,7 @@ def run(cfg: RetuneConfig, resumed: RunDir | None = None, watch: EvalWatch | Non
     s = Session.begin(cfg, resumed, watch)
     objective = objective_for(cfg.objective)  # the stage type: sft, or a preference objective
     prep = s.prepare(objectives=[objective] * len(cfg.data.task_list()))  # grpo keeps its prompts: one instance
+    s.plan = announce(cfg, prep, s.retention.rset)  # the memory plan, before the model loads
     model = s.load_model(labels=prep.tasks[0].labels)
     run_dir = s.open_run()
     base = s.score_base(model)

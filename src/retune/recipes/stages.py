@@ -21,6 +21,7 @@ from retune.data.replay import ReplayBuffer, replay_mix
 from retune.evaluate.forgetting import plot_matrix, primary, sequence_metrics
 from retune.evaluate.report import console
 from retune.objectives import objective_for
+from retune.plan.budget import announce
 from retune.rundir import RunDir
 from retune.session import EvalWatch, Session
 from retune.session.retain import print_tradeoff
@@ -37,6 +38,7 @@ def run(cfg: RetuneConfig, watch: EvalWatch | None = None) -> tuple[RunDir, dict
     s = Session.begin(cfg, watch=watch)
     objectives = [objective_for(stage) for stage in cfg.stages]  # each stage's type: sft, dpo, ...
     prep = s.prepare(stage_tasks(cfg), objectives)
+    s.plan = announce(cfg, prep, s.retention.rset)  # the memory plan, before the model loads
     names = [t.name for t in prep.tasks]
     model = s.load_model(labels=prep.tasks[0].labels)
     run_dir = s.open_run()

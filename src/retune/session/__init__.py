@@ -18,10 +18,10 @@ It imports nothing above train/ (recipes and the CLI sit on top of it).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
-import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,6 +48,7 @@ from retune.objectives.base import curves
 from retune.retention import RetentionContext
 from retune.retention.base import Regularizer
 from retune.rundir import RunDir, check_output_dir
+from retune.session.memory import PhasePeaks
 from retune.session.prepare import Prepared, plan_mix, prepare_data
 from retune.session.retain import Retention
 from retune.session.uncertainty import write_scores
@@ -105,8 +106,19 @@ def data_hash(task: Any) -> str:
     return content_hash([task.train, task.validation, task.test])
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+def phase(name: str | Callable[..., str]) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """A Session method as a phase of the run: its peak memory goes to summary.json `train.phase_peaks_mb`
+    (`name`: the phase, or a function of the method's arguments that names it)."""
+
+    def wrap(method: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(method)
+        def inner(self: Session, *args: Any, **kwargs: Any) -> Any:
+            with self.memory.phase(name if isinstance(name, str) else name(*args, **kwargs)):
+                return method(self, *args, **kwargs)
+
+        return inner
+
+    return wrap
 
 
 @dataclass
@@ -120,6 +132,8 @@ class Session:
     policy: Retention | None = None  # set by prepare(): the retain: sets are loaded with the data
     watch: EvalWatch | None = None  # a search's pruner (recipes/tune.py) hears each evaluation
     t_start: float = field(default_factory=time.perf_counter)
+    memory: PhasePeaks = field(default_factory=PhasePeaks)  # each phase's peak RSS
+    plan: dict[str, Any] | None = None  # the planner's prediction (summary.json `plan`), set by the recipe
 
     # ---------------------------------------------------------------- set-up
 
@@ -135,6 +149,7 @@ class Session:
         set_seed(cfg.trainer.seed)
         return cls(cfg, dist.main_first(lambda: resolve_base(cfg.model.base)), resumed, watch=watch)
 
+    @phase("data")
     def prepare(self, task_configs: list[TaskConfig] | None = None, objectives: list[Objective] | None = None) -> Prepared:
         """Tokenizer, tasks and retained sets: every bad input in data or templates fails here,
         before the run directory exists, so a rejected config leaves nothing behind. Each task is
@@ -144,6 +159,7 @@ class Session:
         self.policy = Retention.load(self.cfg, tok, self.prep.fmt)
         return self.prep
 
+    @phase("load")
     def load_model(self, labels: list[str] | None = None) -> Model:
         return load_base(self.cfg, self.model_path, trainable_full=self.full, labels=labels)
 
@@ -155,6 +171,9 @@ class Session:
         """The run directory (rank 0 creates it, every rank agrees on it), the Accelerator, trackers."""
         self.run = self.resumed or dist.agree(lambda: RunDir.create(self.cfg))
         console.print(f"run directory: {self.run.path}")
+        if self.plan is not None and dist.is_main():
+            peak, phase = self.plan["predicted_mb"], self.plan["phase"]
+            console.print(f"memory plan: peak {peak:,.0f} MB predicted, while {phase} (retune plan: the parts)")
         self.accelerator = make_accelerator(self.cfg, self.run.path)
         if self.cfg.trainer.logger != "none":
             self.accelerator.init_trackers(self.run.path.name, config=tracker_config(self.cfg.model_dump(mode="json")))
@@ -194,6 +213,7 @@ class Session:
 
     # ---------------------------------------------------------------- scoring
 
+    @phase(lambda model, stage, key: f"{key if key in ('base', 'tuned') else 'stage'}_eval")
     def score(self, model: Model, stage: str, key: str) -> Scores:
         """{task: {metric: value, val_loss, ...}} for every task (rank 0 scores; the others get {}); each
         test example's score goes to scores/<task>-<key>.jsonl."""
@@ -234,12 +254,14 @@ class Session:
         if retained is not None:
             self.retention.base = RetainedScores.from_json(retained)
         elif self.retention.rset and dist.is_main():
-            scored = self.retention.score_base(model, self.autocast)
+            with self.memory.phase("retain_base"):
+                scored = self.retention.score_base(model, self.autocast)
             self.write_retained(scored, "base")
             self.run.write_json("base_retention.json", scored.to_json())
         dist.barrier()
         return base or {}
 
+    @phase("retain_tuned")
     def score_retained(self, model: Model, key: str = "tuned") -> Scores:
         """summary.json `retention`: each retained task's base, final and change with its paired
         interval (rank 0); per-example scores go to scores/<task>-<key>.jsonl."""
@@ -265,6 +287,7 @@ class Session:
 
     # ---------------------------------------------------------------- training
 
+    @phase("attach")
     def attach(self, model: Model) -> Model:
         """The adapter (or full fine-tuning), seeded the same whether or not the base was scored."""
         from transformers import set_seed
@@ -277,10 +300,12 @@ class Session:
         console.print(f"fast paths: {path_report(model)}")
         return model
 
+    @phase("retention_setup")
     def regularizers(self, model: Model) -> list[Regularizer]:
         """The retention penalties, built after the adapter is attached (the trainable set is known)."""
         return self.retention.regularizers(model, self.tok.pad_token_id, self.autocast, self.log)
 
+    @phase("reference")
     def reference(self, model: Model, objective: Objective, *example_sets: list[Encoded]) -> None:
         """What a stage type needs from the model as the stage starts (dpo: the reference
         log-probabilities of every training and validation pair; every rank computes the same)."""
@@ -290,6 +315,7 @@ class Session:
         if self.prep is not None:  # pairs made by the model change the training sets' sizes
             self.prep.mix = plan_mix(self.cfg, self.prep.tasks, self.prep.task_train)
 
+    @phase("preference_eval")
     def preference_scores(self, model: Model, objective: Objective, val: list[Encoded], stage: int | None = None) -> dict[str, Any]:
         """summary.json `preference`: the stage type's own scores of the validation set and its curves ({} for sft)."""
         scores = objective.summary(model, val, self.tok.pad_token_id, self.cfg.eval.batch_size, self.autocast)
@@ -301,6 +327,7 @@ class Session:
     def retention_context(self, anchor: list[Encoded]) -> RetentionContext:
         return RetentionContext(pad_id=self.tok.pad_token_id, autocast=self.autocast, anchor_data=anchor, log=self.log)
 
+    @phase("train")
     def fit(
         self,
         model: Model,
@@ -377,7 +404,8 @@ class Session:
         gate = self.retention.eval_hook(ckpt_dir, self.autocast, log)
 
         def hook(model: Model, state: LoopState) -> bool:
-            stop = gate(model, state)
+            with self.memory.phase("train_eval"):
+                stop = gate(model, state)
             if self.watch is not None:
                 self.watch(state.step, self.retention.last_val)
             return stop
@@ -386,6 +414,7 @@ class Session:
 
     # ---------------------------------------------------------------- results
 
+    @phase("save")
     def save_model(self, model: Model) -> None:
         """adapter/ (peft format) or model/ (HF format, fp32 master weights), plus tokenizer/, atomically."""
         assert self.run is not None
@@ -412,7 +441,8 @@ class Session:
             "tokens_per_second": tokens / max(seconds, 1e-9),
             "train_seconds": seconds,
             "wall_seconds": time.perf_counter() - self.t_start,
-            "peak_memory_mb": peak_rss_mb(),
+            "peak_memory_mb": self.memory.peak_mb(),  # whole process (VmHWM); by phase below
+            "phase_peaks_mb": self.memory.rounded(),
             "allocator": allocator.active(),
             "trainable_params": trainable,
             "total_params": total,
@@ -450,6 +480,11 @@ class Session:
         """summary.json (with where it ran), loss.png, report.html, trackers closed."""
         assert self.run is not None
         summary["environment"] = environment.describe()
+        if self.plan is not None:
+            summary["plan"] = self.plan
+        if dist.is_main():
+            planned = f" (plan: {self.plan['predicted_mb']:,.0f} MB)" if self.plan else ""
+            console.print(f"peak memory: {self.memory.peak_mb():,.0f} MB measured{planned}; by phase in summary.json train.phase_peaks_mb")
         self.write_summary(summary)
         if dist.is_main() and self.run.metrics_path.exists():
             plot_loss(self.run.metrics_path, self.run.path / "loss.png")

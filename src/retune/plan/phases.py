@@ -1,0 +1,91 @@
+"""Every phase of a run, in the order `retune train` takes them, as the bytes each holds at its peak:
+load, base_eval (the tasks), retain_base (retained tasks and the probe), reference (a preference
+stage's reference log-probabilities: a no-grad pass, no model copy), train, train_eval (retention
+scored at each evaluation, with the optimizer alive), tuned_eval, retain_tuned, save.
+
+Scoring phases hold the resident part of the run (runtime, what loading left, the weights, the adapter)
+plus their largest scoring pass (plan/scoring.py). Likelihoods in fp32 (eval.likelihood_fp32) cast a
+bf16 base to fp32 for the pass: +4 bytes per low-precision weight. On the CPU what that round trip
+leaves stays in the process for the rest of the run (SCORING_RESIDUE): the cast back makes new bf16
+tensors besides the checkpoint's mapping, and the malloc keeps the freed fp32 blocks; a later fp32
+pass reuses them, the training step's tensors (other sizes) do not, and training over many steps of
+changing shapes grows above its live tensors (TRAIN_AFTER_FP32). Measured on the quickstart
+(benchmarks/results/plan.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from retune.config import RetuneConfig
+from retune.plan.scoring import Job, job_bytes, largest_block
+from retune.plan.shapes import Shape
+
+MB = 2**20
+# What an fp32 scoring round trip leaves resident, in units of the low-precision weights' fp32 size:
+# measured on the quickstart (tcmalloc, 135M bf16 weights: 514 MB in fp32): 583 MB after loading,
+# 1,316 MB at base scoring, 1,300-1,310 MB after it, where the resident part is ~780 MB.
+SCORING_RESIDUE = 1.0
+# The same residue as training sees it: the quickstart's training (50 steps) peaked 853 MB above the
+# RSS after base scoring, against 660 MB of live training tensors: 1.5 x the fp32 size in all, fitted
+# on that one run; the 400-step quickstart and the multitask example are the out-of-sample checks.
+TRAIN_AFTER_FP32 = 1.5
+
+
+@dataclass
+class Resident:
+    """Bytes a run holds across phases (from estimate())."""
+
+    fixed: float  # runtime + loading residue + weights + adapter + retention buffers + teacher
+    optimizer: float
+    train: float  # the training phase's peak (fixed + optimizer + max(saved activations, gradients))
+    load: float
+    low_weights: int  # parameters stored in bf16 / fp16 that fp32 scoring casts
+    cpu: bool  # RSS view (allocator keeps freed memory) vs a GPU allocator's live bytes
+
+
+def _pass(s: Shape, job: Job, cfg: RetuneConfig, res: Resident, eager: bool, fan_in: int, carried: float) -> float:
+    """One scoring pass beyond the resident part: its temporaries, and the fp32 copy of a likelihood
+    pass, which reuses the blocks an earlier fp32 pass left (`carried`)."""
+    fp32 = job.mode in ("likelihood", "cloze") and cfg.eval.likelihood_fp32 and res.low_weights > 0
+    copy = 4 * res.low_weights if fp32 else 0.0
+    return job_bytes(s, job, 4 if fp32 else 2, eager, fan_in) + carried + copy - min(copy, carried)
+
+
+def run_phases(
+    cfg: RetuneConfig, s: Shape, res: Resident, tasks: list[Job], retained: list[Job], eager: bool, method: str
+) -> dict[str, float]:
+    """MB at the peak of each phase the run goes through."""
+    fan_in = max(s.adapted_in.values(), default=0) if method != "full" else 0  # unmerged adapter after attach
+    fp32_used = cfg.eval.likelihood_fp32 and res.low_weights > 0 and any(j.mode in ("likelihood", "cloze") for j in tasks + retained)
+    residue = SCORING_RESIDUE * 4 * res.low_weights if fp32_used and res.cpu else 0.0
+
+    def scoring(jobs: list[Job], base: float, fan: int, carried: float) -> float:
+        return base + max((_pass(s, j, cfg, res, eager, fan, carried) for j in jobs), default=carried)
+
+    phases = {"load": res.load}
+    if cfg.eval.before and tasks:
+        phases["base_eval"] = scoring(tasks, res.fixed, 0, 0.0)
+    after = residue if cfg.eval.before else 0.0
+    if retained:
+        phases["retain_base"] = scoring(retained, res.fixed, 0, after)
+        after = residue
+    if cfg.objective.type != "sft" and tasks:
+        ref = Job("reference log-probabilities", "nll", cfg.eval.batch_size, cfg.data.max_length)
+        phases["reference"] = scoring([ref], res.fixed, fan_in, after)
+    phases["train"] = res.train + after * TRAIN_AFTER_FP32 / SCORING_RESIDUE
+
+    def after_training(jobs: list[Job], base: float) -> float:
+        # the malloc keeps what training freed (RSS stays near its peak on the CPU); a block larger than
+        # those pieces (a generation's prefill logits) is new memory on top
+        own = scoring(jobs, base, fan_in, residue)
+        block = max((largest_block(s, j, fan_in) for j in jobs), default=0.0)
+        return max(own, phases["train"] + block) if res.cpu else own
+
+    if retained and cfg.trainer.eval_every:
+        phases["train_eval"] = after_training(retained, res.fixed + res.optimizer)
+    phases["tuned_eval"] = after_training(tasks, res.fixed)
+    if retained:
+        phases["retain_tuned"] = after_training(retained, res.fixed)
+    phases["save"] = res.fixed + residue
+    return {k: v / MB for k, v in phases.items()}

@@ -1,0 +1,87 @@
+"""The whole-run plan: every phase modelled, the run logging its phases' peaks, summary.json `plan`."""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+
+import pytest
+from tests.conftest import tiny_config
+from tests.helpers import write_config
+
+from retune import plan
+from retune.config import validate
+from retune.plan.scoring import Job
+from retune.session.memory import PhasePeaks, hwm_mb
+
+
+@pytest.fixture()
+def cfg(tiny_model, tiny_data, tmp_path):
+    return validate(tiny_config(tiny_model, tiny_data, tmp_path))
+
+
+def _with(cfg, **sections):
+    raw = cfg.model_dump(mode="json", exclude_unset=True)
+    for section, values in sections.items():
+        raw.setdefault(section, {}).update(values)
+    return validate(raw)
+
+
+def test_a_phase_records_its_own_peak_and_leaves_ru_maxrss_alone():
+    peaks = PhasePeaks(interval=0.01)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with peaks.phase("outer"):
+        with peaks.phase("big"):
+            block = bytearray(300 * 2**20)  # touched: 300 MB resident until freed
+            for i in range(0, len(block), 4096):
+                block[i] = 1
+            time.sleep(0.2)  # the sampler's turn while the block is alive (the process's HWM may be higher already)
+            held = peaks.peaks["big"]
+            del block
+        with peaks.phase("small"):
+            pass
+    assert peaks.peaks["big"] >= held
+    assert peaks.peaks["outer"] >= peaks.peaks["big"]  # a nested phase counts in its parent
+    assert peaks.peaks["big"] > peaks.peaks["small"] + 200  # the freed block is not the next phase's
+    assert peaks.peak_mb() >= max(hwm_mb(), *peaks.peaks.values())
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >= before  # the kernel's counter is not reset
+
+
+def test_every_phase_is_planned_and_the_peak_is_their_maximum(cfg):
+    p = plan.estimate(cfg)
+    assert {"load", "base_eval", "retain_base", "train", "tuned_eval", "retain_tuned", "save"} <= set(p.phases)
+    assert p.peak_mb == max(p.phases.values()) and p.phases[p.phase] == p.peak_mb
+    assert {j["name"] for j in p.scoring} >= {"train likelihood", "train validation loss", "general-text probe"}
+
+
+def test_scoring_passes_cost_what_they_hold(cfg):
+    """fp32 likelihoods cast a bf16 base (+4 bytes a weight); longer generations hold a larger KV cache;
+    an unmerged adapter's prefill keeps every position's logits."""
+    c = _with(cfg, model={"dtype": "bf16"})
+    shape, batch, rules = plan.model_shape(c), plan.Batch(4, 64, 8), plan.Rules()
+    like = ([Job("t", "likelihood", 8, 40)], [])
+    fp32 = plan.estimate(c, shape, batch, rules, like)
+    bf16 = plan.estimate(_with(c, eval={"likelihood_fp32": False}), shape, batch, rules, like)
+    low = shape.params - shape.adapter
+    assert fp32.phases["base_eval"] - bf16.phases["base_eval"] >= 4 * low / 2**20
+    assert fp32.phases["train"] > bf16.phases["train"]  # what the round trip leaves stays resident
+    live = plan.Rules(load_resident=False)  # live bytes (no malloc keeping training's memory)
+    gens = [plan.estimate(c, shape, batch, live, ([Job("g", "generate", 8, 40, n)], [])) for n in (8, 64)]
+    assert gens[0].phases["tuned_eval"] < gens[1].phases["tuned_eval"]
+    assert gens[0].phases["tuned_eval"] - gens[0].phases["base_eval"] >= 8 * 40 * shape.vocab * 4 / 2**20 * 0.99
+
+
+def test_train_prints_and_records_the_plan_and_each_phase(tiny_model, tiny_data, tmp_path, capsys):
+    from retune.cli import run_train
+
+    raw = tiny_config(tiny_model, tiny_data, tmp_path / "runs", retain={"probe": "general", "probe_samples": 4})
+    run_dir, _ = run_train(str(write_config(tmp_path / "c.yaml", raw)))
+    captured = capsys.readouterr()
+    out = captured.out + captured.err
+    assert "memory plan: peak" in out and "peak memory:" in out
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["plan"]["predicted_mb"] == max(summary["plan"]["phases_mb"].values())
+    phases = summary["train"]["phase_peaks_mb"]
+    assert {"data", "load", "base_eval", "retain_base", "attach", "train", "tuned_eval", "retain_tuned", "save"} <= set(phases)
+    assert max(phases.values()) <= summary["train"]["peak_memory_mb"] + 1
