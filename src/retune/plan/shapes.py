@@ -131,7 +131,7 @@ class Batch:
     source: str = "assumed"  # "data": measured on the tokenised training set
 
 
-def prepared(cfg: RetuneConfig) -> Prepared | None:
+def prepared(cfg: RetuneConfig, objective: Any = None) -> Prepared | None:
     """The run's data as `retune train` encodes it (no model weights); None without a tokenizer here."""
     from retune.models.load import load_tokenizer
     from retune.models.resolve import resolve_base
@@ -142,7 +142,7 @@ def prepared(cfg: RetuneConfig) -> Prepared | None:
         tok = load_tokenizer(resolve_base(cfg.model.base), cfg.model)
     except Exception:  # no tokenizer here (hub id offline): the worst case stands, marked "assumed"
         return None
-    objectives = [objective_for(cfg.objective)] * len(cfg.data.task_list())  # a pair is two rows, a grpo prompt its generations
+    objectives = [objective or objective_for(cfg.objective)] * len(cfg.data.task_list())  # one instance: grpo keeps its prompts
     return prepare_data(cfg, tok=tok, objectives=objectives)  # bad data is bad input, as in `retune train`
 
 
@@ -156,10 +156,10 @@ def batch_shape(cfg: RetuneConfig, prep: Prepared | None = None) -> Batch:
     from retune.objectives import objective_for
     from retune.train.optim import total_steps
 
-    prep = prep or prepared(cfg)
+    objective = objective_for(cfg.objective)  # a pair is two rows, a grpo prompt its generations
+    prep = prep or prepared(cfg, objective)
     if prep is None:
         return worst
-    objective = objective_for(cfg.objective)  # a pair is two rows, a grpo prompt its generations
     kind = task_type(cfg.model.task)
     steps = total_steps(t, len(prep.epoch_examples(0)))
     best, taken, epoch = None, 0, 0
