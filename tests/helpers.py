@@ -39,6 +39,19 @@ def flipped_copy(run: Path, dest: Path) -> Path:
     return dest
 
 
+def with_sections(cfg, **sections):
+    """The config with some sections updated (a dict) or replaced (anything else), validated again."""
+    from retune.config import validate
+
+    raw = cfg.model_dump(mode="json", exclude_unset=True)
+    for section, values in sections.items():
+        if isinstance(values, dict):
+            raw.setdefault(section, {}).update(values)
+        else:
+            raw[section] = values
+    return validate(raw)
+
+
 def communicate(p, timeout: float) -> tuple[str, str]:
     """A started process's (stdout, stderr); past the timeout its whole process group is killed (it was
     started with start_new_session=True) and the timeout raised."""

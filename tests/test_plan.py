@@ -6,6 +6,7 @@ import json
 
 import pytest
 from tests.conftest import tiny_config
+from tests.helpers import with_sections as _with
 from tests.helpers import write_config
 from typer.testing import CliRunner
 
@@ -18,16 +19,6 @@ from retune.errors import UsageError
 @pytest.fixture()
 def cfg(tiny_model, tiny_data, tmp_path):
     return validate(tiny_config(tiny_model, tiny_data, tmp_path))
-
-
-def _with(cfg, **sections):
-    raw = cfg.model_dump(mode="json", exclude_unset=True)
-    for section, values in sections.items():
-        if isinstance(values, dict):
-            raw.setdefault(section, {}).update(values)
-        else:
-            raw[section] = values
-    return validate(raw)
 
 
 def test_meta_counts_match_the_real_model(cfg, tiny_model):

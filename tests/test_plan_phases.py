@@ -8,6 +8,7 @@ import time
 
 import pytest
 from tests.conftest import tiny_config
+from tests.helpers import with_sections as _with
 from tests.helpers import write_config
 
 from retune import plan
@@ -19,13 +20,6 @@ from retune.session.memory import PhasePeaks, hwm_mb
 @pytest.fixture()
 def cfg(tiny_model, tiny_data, tmp_path):
     return validate(tiny_config(tiny_model, tiny_data, tmp_path))
-
-
-def _with(cfg, **sections):
-    raw = cfg.model_dump(mode="json", exclude_unset=True)
-    for section, values in sections.items():
-        raw.setdefault(section, {}).update(values)
-    return validate(raw)
 
 
 def test_a_phase_records_its_own_peak_and_leaves_ru_maxrss_alone():

@@ -9,13 +9,12 @@ the output rows of q_proj / k_proj. Tensors are kept in F32: an adapter is small
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import torch
 
 from retune.errors import UsageError
-from retune.export.gguf_model import family, permute
+from retune.export.gguf_model import family, gguf_writer, permute
 
 
 def _pairs(adapter_dir: Path) -> dict[str, dict[str, torch.Tensor]]:
@@ -55,9 +54,7 @@ def write_lora_gguf(adapter_dir: str | Path, base_config: dict, out: str | Path)
     names = gguf.get_tensor_name_map(arch, base_config["num_hidden_layers"])
     n_head = base_config["num_attention_heads"]
     n_kv = base_config.get("num_key_value_heads", n_head)
-    tmp = out.with_name(f".{out.name}.tmp")
-    writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[arch])
-    try:
+    with gguf_writer(out, arch) as writer:
         writer.add_type(gguf.GGUFType.ADAPTER)
         writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
         writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
@@ -72,14 +69,4 @@ def write_lora_gguf(adapter_dir: str | Path, base_config: dict, out: str | Path)
                 raise UsageError(f"{adapter_dir}: adapted module {name} has no GGUF name; llama.cpp cannot apply it")
             writer.add_tensor(f"{new}.lora_a", a.numpy(), raw_dtype=gguf.GGMLQuantizationType.F32)
             writer.add_tensor(f"{new}.lora_b", b.contiguous().numpy(), raw_dtype=gguf.GGMLQuantizationType.F32)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
     return out

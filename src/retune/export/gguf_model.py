@@ -15,6 +15,7 @@ Norms and 1-D tensors stay F32; a tensor whose rows do not split into the quant'
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import Iterator
@@ -137,6 +138,28 @@ def quantised(name: str, t: torch.Tensor, qtype: str) -> tuple[np.ndarray, Any]:
         return gguf.quants.quantize(data, gguf.GGMLQuantizationType.F16), gguf.GGMLQuantizationType.F16
 
 
+@contextlib.contextmanager
+def gguf_writer(out: Path, arch: Any) -> Iterator[Any]:
+    """A gguf.GGUFWriter on a temporary file beside `out`; on leaving the block the header, metadata and
+    tensors are written and the file renamed to `out` (on an error it is removed: never half a file)."""
+    import gguf
+
+    tmp = out.with_name(f".{out.name}.tmp")
+    writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[arch])
+    try:
+        yield writer
+        writer.write_header_to_file()
+        writer.write_kv_data_to_file()
+        writer.write_tensors_to_file()
+        writer.close()
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        writer.close()
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_gguf(folder: str | Path, out: str | Path, qtype: str = "f16", name: str | None = None) -> Path:
     """Write the HF checkpoint in `folder` (weights, config.json, tokenizer) as one GGUF file at `out`, atomically."""
     import gguf
@@ -149,9 +172,7 @@ def write_gguf(folder: str | Path, out: str | Path, qtype: str = "f16", name: st
     cfg = json.loads((folder / "config.json").read_text())
     fam = family(cfg)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp")
-    writer = gguf.GGUFWriter(tmp, gguf.MODEL_ARCH_NAMES[getattr(gguf.MODEL_ARCH, fam.arch)])
-    try:
+    with gguf_writer(out, getattr(gguf.MODEL_ARCH, fam.arch)) as writer:
         writer.add_type(gguf.GGUFType.MODEL)
         writer.add_name(name or folder.name)
         _hparams(writer, cfg, getattr(gguf.LlamaFileType, "ALL_F32" if qtype == "f32" else f"MOSTLY_{qtype.upper()}"))
@@ -162,14 +183,4 @@ def write_gguf(folder: str | Path, out: str | Path, qtype: str = "f16", name: st
         for gname, t in _weights(folder, cfg, fam):
             data, kind = quantised(gname, t, qtype)
             writer.add_tensor(gname, data, raw_dtype=kind)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-        writer.close()
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, out)
-    except BaseException:
-        writer.close()
-        tmp.unlink(missing_ok=True)
-        raise
     return out
