@@ -79,3 +79,30 @@ def test_train_prints_and_records_the_plan_and_each_phase(tiny_model, tiny_data,
     phases = summary["train"]["phase_peaks_mb"]
     assert {"data", "load", "base_eval", "retain_base", "attach", "train", "tuned_eval", "retain_tuned", "save"} <= set(phases)
     assert max(phases.values()) <= summary["train"]["peak_memory_mb"] + 1
+
+
+def test_stages_are_planned_with_each_stages_task_type_and_steps(tiny_model, tiny_data, tmp_path):
+    """Under `stages:` the plan reads each stage's task (not data:'s), sizes a dpo stage's micro-batch by
+    its pairs' two answers and plans the reference pass; `retune plan` and `retune train` read the same."""
+    from retune.session.prepare import prepare_data
+
+    template = {"prompt": "Review: {text}\nSentiment?", "response": "{label}"}
+    sentiment = {"train": str(tiny_data["train"]), "test": str(tiny_data["test"]), "labels": ["negative", "positive"], "template": template}
+    raw = tiny_config(tiny_model, tiny_data, tmp_path)
+    raw["data"] = {"max_length": 64}
+    raw["stages"] = [
+        {"name": "sft", "task": sentiment, "max_steps": 1},
+        {"name": "dpo", "type": "dpo", "pairs": "other", "task": {**sentiment, "name": "prefer"}, "max_steps": 3},
+    ]
+    cfg = validate(raw)
+    p = plan.estimate(cfg)
+    assert {j["name"] for j in p.scoring} >= {"sft likelihood", "prefer likelihood"}
+    assert "reference" in p.phases
+    assert p.batch["batch_size"] == 2 * cfg.trainer.batch_size  # chosen and rejected rows of 4 pairs
+    only_sft = validate({**raw, "stages": raw["stages"][:1]})
+    assert plan.estimate(only_sft).batch["batch_size"] == cfg.trainer.batch_size and "reference" not in plan.estimate(only_sft).phases
+    from retune.models.load import load_tokenizer
+
+    prep = prepare_data(cfg, load_tokenizer(str(tiny_model), cfg.model))
+    assert [t.name for t in prep.tasks] == ["sft", "prefer"] and [o.name for o in prep.objectives] == ["sft", "dpo"]
+    assert plan.batch_shape(cfg, prep) == plan.batch_shape(cfg)

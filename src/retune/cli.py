@@ -212,14 +212,11 @@ def validate(config: str, set_: SetOpt = None) -> None:
     from retune.config import load_config
     from retune.data.dataset import load_task_config
     from retune.models.resolve import resolve_base
-    from retune.objectives import objective_for
-    from retune.recipes.stages import stage_tasks
-    from retune.session.prepare import default_template
+    from retune.session.prepare import default_template, run_tasks
 
     cfg = load_config(config, set_)
     resolve_base(cfg.model.base, materialise=False)
-    configs = stage_tasks(cfg) if cfg.stages else cfg.data.task_list()
-    kinds = [objective_for(s) for s in cfg.stages] if cfg.stages else [objective_for(cfg.objective)] * len(configs)
+    configs, kinds = run_tasks(cfg)
     tasks = [load_task_config(t, cfg.data, cfg.eval, default_template(k)) for t, k in zip(configs, kinds, strict=True)]
     for t in cfg.retain.tasks:  # retained tasks' sources are data too: a wrong path fails here, not after training
         load_task_config(t, cfg.data, cfg.eval)

@@ -9,7 +9,7 @@ from pydantic import Field
 
 from retune.config.data import TaskConfig
 from retune.config.objective import DPOObjective, GRPOObjective, KTOObjective, ORPOObjective, SFTObjective, SimPOObjective
-from retune.config.sections import _Strict
+from retune.config.sections import TrainerConfig, _Strict
 
 
 class EWCConfig(_Strict):
@@ -138,6 +138,11 @@ class _StageFields(_Strict):
     """trainer.max_steps for this stage."""
     lr: float | None = Field(None, gt=0)
     """trainer.lr for this stage."""
+
+    def trainer_for(self, trainer: TrainerConfig) -> TrainerConfig:
+        """`trainer` with this stage's overrides (epochs, max_steps, lr)."""
+        over = {k: v for k in ("epochs", "max_steps", "lr") if (v := getattr(self, k)) is not None}
+        return trainer.model_copy(update=over)
 
 
 class StageConfig(_StageFields, SFTObjective):

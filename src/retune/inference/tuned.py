@@ -39,7 +39,7 @@ def evaluate(target: str, overrides: list[str] | None = None, lm_eval: list[LmEv
     if lm_eval is not None:
         cfg = cfg.model_copy(update={"retain": cfg.retain.model_copy(update={"lm_eval": lm_eval})})
     s = Session(cfg, "", accelerator=make_accelerator(cfg))
-    prep = s.prep = prepare_data(cfg, tok)
+    prep = s.prep = prepare_data(cfg, tok, cfg.data.task_list())
     scores: dict = {}
     examples: dict[str, dict[str, list[float]]] = {}
     for task, val in zip(prep.tasks, prep.task_val, strict=True):

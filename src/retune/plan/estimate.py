@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from retune import allocator
 from retune.config import RetuneConfig
-from retune.plan.phases import Resident, run_phases
+from retune.plan.phases import Resident, run_phases, stage_types
 from retune.plan.scoring import Job, retained_jobs, task_jobs
 from retune.plan.shapes import Batch, Shape, batch_shape, model_shape, prepared
 
@@ -310,7 +310,7 @@ def estimate(
     # autocast keeps a bf16 copy of each fp32 weight it casts, until the backward frees it
     cast_cache = 2 * s.quantisable if method == "full" and r.autocast else 0.0
     retention, teacher = _retention(cfg, method, trainable, weights, notes)
-    if method == "full" and cfg.objective.type == "grpo" and cfg.objective.beta:
+    if method == "full" and any(getattr(o, "type", "") == "grpo" and o.beta for o in stage_types(cfg)):
         teacher += weights  # grpo's KL reference: a frozen copy (under adapters: the base, adapters off)
 
     compile_mb = r.compile_mb if V >= 8192 and r.chunked_ce else 0.0

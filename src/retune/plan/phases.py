@@ -70,7 +70,7 @@ def run_phases(
     if retained:
         phases["retain_base"] = scoring(retained, res.fixed, 0, after)
         after = residue
-    if cfg.objective.type != "sft" and tasks:
+    if any(getattr(o, "type", "sft") != "sft" for o in stage_types(cfg)) and tasks:
         ref = Job("reference log-probabilities", "nll", cfg.eval.batch_size, cfg.data.max_length)
         phases["reference"] = scoring([ref], res.fixed, fan_in, after)
     phases["train"] = res.train + after * TRAIN_AFTER_FP32 / SCORING_RESIDUE
@@ -87,5 +87,12 @@ def run_phases(
     phases["tuned_eval"] = after_training(tasks, res.fixed)
     if retained:
         phases["retain_tuned"] = after_training(retained, res.fixed)
-    phases["save"] = res.fixed + residue
+    # saving holds the resident part; on the CPU the RSS stays where the last scoring pass left it
+    held = [phases[k] for k in ("tuned_eval", "retain_tuned") if k in phases and res.cpu]
+    phases["save"] = max([res.fixed + residue, *held])
     return {k: v / MB for k, v in phases.items()}
+
+
+def stage_types(cfg: RetuneConfig) -> list:
+    """The stage type configs a run trains with: each stage (under `stages:`), else `objective:`."""
+    return list(cfg.stages) if cfg.stages else [cfg.objective]

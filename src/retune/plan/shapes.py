@@ -3,6 +3,7 @@ device (Shape), and the largest micro-batch the run will see (Batch)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -131,19 +132,17 @@ class Batch:
     source: str = "assumed"  # "data": measured on the tokenised training set
 
 
-def prepared(cfg: RetuneConfig, objective: Any = None) -> Prepared | None:
+def prepared(cfg: RetuneConfig) -> Prepared | None:
     """The run's data as `retune train` encodes it (no model weights); None without a tokenizer here."""
     from retune.models.load import load_tokenizer
     from retune.models.resolve import resolve_base
-    from retune.objectives import objective_for
     from retune.session.prepare import prepare_data
 
     try:
         tok = load_tokenizer(resolve_base(cfg.model.base), cfg.model)
     except Exception:  # no tokenizer here (hub id offline): the worst case stands, marked "assumed"
         return None
-    objectives = [objective or objective_for(cfg.objective)] * len(cfg.data.task_list())  # one instance: grpo keeps its prompts
-    return prepare_data(cfg, tok=tok, objectives=objectives)  # bad data is bad input, as in `retune train`
+    return prepare_data(cfg, tok=tok)  # bad data is bad input, as in `retune train`
 
 
 def batch_shape(cfg: RetuneConfig, prep: Prepared | None = None) -> Batch:
@@ -151,20 +150,44 @@ def batch_shape(cfg: RetuneConfig, prep: Prepared | None = None) -> Batch:
     tokenised training data (`prep`, else read here); without data access, assume full-length rows."""
     t = cfg.trainer
     worst = Batch(t.batch_size, cfg.data.max_length, t.batch_size * cfg.data.max_length if cfg.data.train_on_prompt else t.batch_size * 8)
-    from retune.data.batching import batch_indices
-    from retune.models.tasks import task_type
-    from retune.objectives import objective_for
-    from retune.train.optim import total_steps
-
-    objective = objective_for(cfg.objective)  # a pair is two rows, a grpo prompt its generations
-    prep = prep or prepared(cfg, objective)
+    prep = prep or prepared(cfg)
     if prep is None:
         return worst
+    best: tuple[float, Batch] | None = None
+    for pool, objective, trainer in _trained(cfg, prep):
+        b = _largest(cfg, pool, objective, trainer)
+        if b is not None and (best is None or b[0] > best[0]):
+            best = b
+    return best[1] if best else worst
+
+
+def _trained(cfg: RetuneConfig, prep: Prepared) -> list[tuple[Callable[[int], list], Any, Any]]:
+    """What the loop trains on, in turn: (each epoch's examples, their stage type, the trainer settings):
+    under `stages:` each stage's task, type and overrides; else the task mix under `objective:`."""
+    if cfg.stages:
+        return [(_fixed(prep.task_train[i]), prep.objectives[i], stage.trainer_for(cfg.trainer)) for i, stage in enumerate(cfg.stages)]
+    trained = prep.trained
+    return [(prep.epoch_examples, prep.objectives[trained[0]], cfg.trainer)] if trained else []
+
+
+def _fixed(examples: list) -> Callable[[int], list]:
+    return lambda _epoch: examples  # a stage trains on its own task: the same examples every epoch
+
+
+def _largest(cfg: RetuneConfig, examples: Callable[[int], list], objective: Any, t: Any) -> tuple[float, Batch] | None:
+    """The micro-batch with the most tokens (by rows x length^1.3) among the optimizer steps taken:
+    a pair puts its two answers through the forward, a grpo prompt its generations (objective.rows)."""
+    from retune.data.batching import batch_indices
+    from retune.models.tasks import task_type
+    from retune.train.optim import total_steps
+
+    if not examples(0):
+        return None
     kind = task_type(cfg.model.task)
-    steps = total_steps(t, len(prep.epoch_examples(0)))
+    steps = total_steps(t, len(examples(0)))
     best, taken, epoch = None, 0, 0
     while taken < steps and epoch < 3:
-        pool = prep.epoch_examples(epoch)
+        pool = examples(epoch)
         for batch in batch_indices([objective.length(e) for e in pool], t.batch_size * t.grad_accum, t.seed, epoch):
             for s in range(0, len(batch), t.batch_size):
                 micro = [row for i in batch[s : s + t.batch_size] for row in objective.rows(pool[i])]
@@ -177,4 +200,4 @@ def batch_shape(cfg: RetuneConfig, prep: Prepared | None = None) -> Batch:
             if taken >= steps:
                 break
         epoch += 1
-    return best[1] if best else worst
+    return best

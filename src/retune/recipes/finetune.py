@@ -10,10 +10,10 @@ from typing import Any
 
 from retune.config import RetuneConfig
 from retune.evaluate.report import print_scores
-from retune.objectives import objective_for
 from retune.plan.budget import announce
 from retune.rundir import RunDir
 from retune.session import EvalWatch, Session
+from retune.session.prepare import run_tasks
 from retune.session.retain import print_tradeoff
 from retune.session.uncertainty import print_intervals, uncertainty
 from retune.train import distributed as dist
@@ -21,8 +21,9 @@ from retune.train import distributed as dist
 
 def run(cfg: RetuneConfig, resumed: RunDir | None = None, watch: EvalWatch | None = None) -> tuple[RunDir, dict[str, Any]]:
     s = Session.begin(cfg, resumed, watch)
-    objective = objective_for(cfg.objective)  # the stage type: sft, or a preference objective
-    prep = s.prepare(objectives=[objective] * len(cfg.data.task_list()))  # grpo keeps its prompts: one instance
+    tasks, objectives = run_tasks(cfg)  # one stage type for every task: sft, or a preference objective
+    objective = objectives[0]
+    prep = s.prepare(tasks, objectives)
     s.plan = announce(cfg, prep, s.retention.rset)  # the memory plan, before the model loads
     model = s.load_model(labels=prep.tasks[0].labels)
     run_dir = s.open_run()

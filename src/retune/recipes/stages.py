@@ -16,28 +16,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from retune.config import RetuneConfig, TaskConfig
+from retune.config import RetuneConfig
 from retune.data.replay import ReplayBuffer, replay_mix
 from retune.evaluate.forgetting import plot_matrix, primary, sequence_metrics
 from retune.evaluate.report import console
-from retune.objectives import objective_for
 from retune.plan.budget import announce
 from retune.rundir import RunDir
 from retune.session import EvalWatch, Session
+from retune.session.prepare import run_tasks
 from retune.session.retain import print_tradeoff
 from retune.session.uncertainty import uncertainty
 from retune.train import distributed as dist
 from retune.train.checkpoint import save_weights
 
 
-def stage_tasks(cfg: RetuneConfig) -> list[TaskConfig]:
-    return [s.task.model_copy(update={"name": s.task.name or s.name}) for s in cfg.stages]
-
-
 def run(cfg: RetuneConfig, watch: EvalWatch | None = None) -> tuple[RunDir, dict[str, Any]]:
     s = Session.begin(cfg, watch=watch)
-    objectives = [objective_for(stage) for stage in cfg.stages]  # each stage's type: sft, dpo, ...
-    prep = s.prepare(stage_tasks(cfg), objectives)
+    tasks, objectives = run_tasks(cfg)  # each stage's task and type: sft, dpo, ...
+    prep = s.prepare(tasks, objectives)
     s.plan = announce(cfg, prep, s.retention.rset)  # the memory plan, before the model loads
     names = [t.name for t in prep.tasks]
     model = s.load_model(labels=prep.tasks[0].labels)
@@ -60,7 +56,6 @@ def run(cfg: RetuneConfig, watch: EvalWatch | None = None) -> tuple[RunDir, dict
         train = prep.task_train[i]
         s.reference(model, objective, train, prep.task_val[i])  # dpo's reference: the model this stage starts from
         data = replay_mix(train, buffer.examples(), replay.share, cfg.trainer.seed + i) if replay and len(buffer) else train
-        over = {k: v for k, v in (("epochs", stage.epochs), ("max_steps", stage.max_steps), ("lr", stage.lr)) if v is not None}
         stage_dir = run_dir.stage(i + 1)
         model, state = s.fit(
             model,
@@ -68,7 +63,7 @@ def run(cfg: RetuneConfig, watch: EvalWatch | None = None) -> tuple[RunDir, dict
             {task.name: prep.task_val[i]},
             stage_dir / "checkpoints",
             regularizers,
-            cfg.trainer.model_copy(update=over),
+            stage.trainer_for(cfg.trainer),
             stage=i + 1,
             label=task.name,
             objective=objective,

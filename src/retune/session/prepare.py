@@ -7,7 +7,7 @@ every example carries its task's loss weight.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from retune.config import RetuneConfig, TaskConfig, TemplateConfig
 from retune.data import mixing
@@ -33,6 +33,7 @@ class Prepared:
     task_train: list[list[Encoded]]  # per task; empty for evaluation-only tasks
     task_val: list[list[Encoded]]  # per task: validation loss of each task
     mix: mixing.MixPlan  # counts over the trained tasks (those with training examples)
+    objectives: list[Objective] = field(default_factory=list)  # per task: its stage type (evaluation-only: sft)
 
     @property
     def trained(self) -> list[int]:
@@ -52,13 +53,24 @@ class Prepared:
         return [sets[t][j] for t, j in mixing.epoch_indices(sizes, self.mix.counts, self.cfg.trainer.seed, epoch)]
 
 
+def run_tasks(cfg: RetuneConfig) -> tuple[list[TaskConfig], list[Objective]]:
+    """The tasks a run trains and scores, and each one's stage type: under `stages:` each stage's task
+    (named after the stage) and type; else data.tasks (or the shorthand) under `objective:`, one instance
+    for all (grpo keeps its prompts' lengths in it)."""
+    if cfg.stages:
+        tasks = [s.task.model_copy(update={"name": s.task.name or s.name}) for s in cfg.stages]
+        return tasks, [objective_for(s) for s in cfg.stages]
+    tasks = cfg.data.task_list()
+    return tasks, [objective_for(cfg.objective)] * len(tasks)
+
+
 def prepare_data(
     cfg: RetuneConfig, tok: Tokenizer, task_configs: list[TaskConfig] | None = None, objectives: list[Objective] | None = None
 ) -> Prepared:
-    """Load and encode the config's tasks (data.tasks or the shorthand), or `task_configs` (the stages),
-    each by its stage type (`objectives`, one per task; default: the config's `objective:`)."""
-    configs = task_configs if task_configs is not None else cfg.data.task_list()
-    objectives = objectives or [objective_for(cfg.objective)] * len(configs)
+    """Load and encode the run's tasks (run_tasks), or `task_configs`, each by its stage type
+    (`objectives`, one per task; default: run_tasks' types, or the config's `objective:` for `task_configs`)."""
+    configs, types = run_tasks(cfg) if task_configs is None else (task_configs, [objective_for(cfg.objective)] * len(task_configs))
+    objectives = objectives or types
     objectives = [o if tc.train is not None else SFT for tc, o in zip(configs, objectives, strict=True)]  # evaluation-only: scored as usual
     tasks = [load_task_config(tc, cfg.data, cfg.eval, default_template(obj)) for tc, obj in zip(configs, objectives, strict=True)]
     task_type(cfg.model.task).check_tasks(tasks)
@@ -70,7 +82,7 @@ def prepare_data(
     mix = plan_mix(cfg, tasks, task_train)
     for w in mix.warnings if task_configs is None else []:  # stages train one task at a time: no mix
         console.print(f"[yellow]warning: data mix: {w}")
-    return Prepared(cfg, tok, fmt, tasks, task_train, task_val, mix)
+    return Prepared(cfg, tok, fmt, tasks, task_train, task_val, mix, objectives)
 
 
 def plan_mix(cfg: RetuneConfig, tasks: list[TaskData], task_train: list[list[Encoded]]) -> mixing.MixPlan:
