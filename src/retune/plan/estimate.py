@@ -326,7 +326,7 @@ def estimate(
         jobs = ([Job("validation loss", "nll", cfg.eval.batch_size, b.seq_len)], [])
     low = 0 if method == "full" or r.frozen_bytes == 4 else P - s.adapter - (s.quantisable if method == "qlora" else 0)
     res = Resident(fixed, optimizer, train, load, low, r.load_resident)
-    phases = run_phases(cfg, s, res, jobs[0], jobs[1], r.eager, method)
+    phases = run_phases(cfg, s, res, jobs[0], jobs[1], r.eager, method, _rollout(cfg, b))
     phase = max(phases, key=lambda name: phases[name])
     parts = {
         "runtime": r.runtime_mb + compile_mb,
@@ -346,6 +346,16 @@ def estimate(
     plan = Plan(parts, phases[phase], phase, phases, shape_d, notes)
     plan.scoring = [j.to_dict() for j in jobs[0] + jobs[1]]
     return plan
+
+
+def _rollout(cfg: RetuneConfig, b: Batch) -> Job | None:
+    """grpo's sampling at each step: its answers (the training rows) generated 16 at a time
+    (objectives/grpo.py), the prompt being the row less the answer."""
+    grpo = next((o for o in stage_types(cfg) if getattr(o, "type", "") == "grpo"), None)
+    if grpo is None:
+        return None
+    new = grpo.max_new_tokens or cfg.eval.max_new_tokens
+    return Job("grpo sampling", "generate", min(16, b.size), max(b.seq_len - new, 1), new)
 
 
 def read_data(cfg: RetuneConfig, jobs: tuple[list[Job], list[Job]] | None = None, prep: Prepared | None = None, rset: Any = None):

@@ -53,9 +53,9 @@ def _pass(s: Shape, job: Job, cfg: RetuneConfig, res: Resident, eager: bool, fan
 
 
 def run_phases(
-    cfg: RetuneConfig, s: Shape, res: Resident, tasks: list[Job], retained: list[Job], eager: bool, method: str
+    cfg: RetuneConfig, s: Shape, res: Resident, tasks: list[Job], retained: list[Job], eager: bool, method: str, rollout: Job | None = None
 ) -> dict[str, float]:
-    """MB at the peak of each phase the run goes through."""
+    """MB at the peak of each phase the run goes through. `rollout`: grpo's sampling at each step."""
     fan_in = max(s.adapted_in.values(), default=0) if method != "full" else 0  # unmerged adapter after attach
     fp32_used = cfg.eval.likelihood_fp32 and res.low_weights > 0 and any(j.mode in ("likelihood", "cloze") for j in tasks + retained)
     residue = SCORING_RESIDUE * 4 * res.low_weights if fp32_used and res.cpu else 0.0
@@ -74,6 +74,9 @@ def run_phases(
         ref = Job("reference log-probabilities", "nll", cfg.eval.batch_size, cfg.data.max_length)
         phases["reference"] = scoring([ref], res.fixed, fan_in, after)
     phases["train"] = res.train + after * TRAIN_AFTER_FP32 / SCORING_RESIDUE
+    if rollout is not None:  # grpo samples before each step; on the CPU the malloc keeps what it held
+        sampled = _pass(s, rollout, cfg, res, eager, fan_in, 0.0)
+        phases["train"] = phases["train"] + sampled if res.cpu else max(phases["train"], res.fixed + res.optimizer + sampled)
 
     def after_training(jobs: list[Job], base: float) -> float:
         # the malloc keeps what training freed (RSS stays near its peak on the CPU); a block larger than
