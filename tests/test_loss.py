@@ -107,3 +107,44 @@ def test_label_scoring_runs_in_fp32_and_restores_the_weights(tiny_model):
     assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
     reference = scoring.label_loglik(model.float(), prompts, labels, 0, 2, _no_autocast, fp32=False)
     assert torch.equal(scored, reference)
+
+
+@pytest.mark.parametrize(("attention", "lora"), [("sdpa", False), ("eager", True), ("retune_eager", True)])
+def test_label_scoring_runs_a_shared_prompt_start_once(tiny_model, monkeypatch, attention, lora):
+    """Prompts that start alike (a chat template, an instruction): the shared tokens run once per batch
+    as a key/value cache, and every label's log-probability is the full forward's (fp32, to 1e-5)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from retune.evaluate import scoring
+    from retune.models import lean
+
+    if attention == "retune_eager":
+        lean.register_attention()
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation=attention)
+    if lora:  # random B: the adapter changes the outputs
+        model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    start = list(range(5, 17))
+    # batches of 3 by length: 12 shared tokens in the first (the shortest prompt keeps one token of its
+    # own), 10 in the second, none in the last
+    prompts = [start + [30], start + [40, 41], start + [50, 51, 52], start[:10] + [60] * 6, start + [70] * 5, start + [80] * 6]
+    prompts += [[3, 4, 5] * 8, [6] * 25]
+    labels = [[11], [23], [57]]
+    taken = []
+    shared_path = scoring._last_logits_shared
+    monkeypatch.setattr(scoring, "_last_logits_shared", lambda path, p, n, pad: taken.append(n) or shared_path(path, p, n, pad))
+    shared = scoring.label_loglik(model, prompts, labels, 0, 3, _no_autocast)
+    assert taken == [12, 10]
+    monkeypatch.setattr(scoring, "MIN_SHARED_PREFIX", 10**9)
+    full = scoring.label_loglik(model, prompts, labels, 0, 3, _no_autocast)
+    assert torch.allclose(shared, full, atol=1e-5), (shared - full).abs().max()
+
+
+def test_common_prefix_leaves_each_prompt_a_token():
+    from retune.evaluate.scoring import common_prefix_len
+
+    assert common_prefix_len([[1, 2, 3, 4], [1, 2, 3, 5]]) == 3
+    assert common_prefix_len([[1, 2, 3], [1, 2, 3, 4]]) == 2  # the shorter prompt keeps its last token
+    assert common_prefix_len([[1, 2], [3, 2]]) == 0
+    assert common_prefix_len([[7, 8, 9]]) == 2

@@ -132,6 +132,18 @@ def test_isolates_tells_apart_a_model_that_ignores_the_restarts(tiny_model):
     assert not isolates(model) and model.training
 
 
+def test_isolates_probes_under_the_training_autocast(tiny_model):
+    """bf16 frozen weights with fp32 LoRA weights (retune's default where bf16 is fast) run only under
+    autocast: probed without it the forward fails, which turned packing off for every such run."""
+    from retune.config import RetuneConfig
+    from retune.models.load import load_base, prepare_for_training
+
+    cfg = RetuneConfig.model_validate({"model": {"base": str(tiny_model), "dtype": "bf16"}, "adapter": {"type": "lora", "r": 4}})
+    model = prepare_for_training(load_base(cfg), cfg, bf16_autocast=True)
+    assert not isolates(model)
+    assert isolates(model, lambda: torch.autocast("cpu", dtype=torch.bfloat16))
+
+
 @pytest.mark.parametrize(
     "section, why",
     [

@@ -18,6 +18,7 @@ need no more memory than the padded ones (packed_micro_batches).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -106,11 +107,12 @@ def packed_micro_batches(examples: list[Encoded], width: int, batch_size: int, p
 
 
 @torch.no_grad()
-def isolates(model: Any) -> bool:
+def isolates(model: Any, autocast: Callable[[], Any] = contextlib.nullcontext) -> bool:
     """Whether the model's forward keeps packed examples apart: the logits of an example packed after
     another (position ids restarting, no attention mask) are those of the example alone, and much nearer
     to them than the logits it gives when it sees the other. A model whose attention or positions ignore
-    the restarts (or whose forward takes no position ids) fails: packing it would not be exact."""
+    the restarts (or whose forward takes no position ids) fails: packing it would not be exact.
+    `autocast`: the training's (bf16 base weights with fp32 LoRA weights run only under autocast)."""
     embeddings = model.get_input_embeddings()
     device = embeddings.weight.device
     g = torch.Generator().manual_seed(0)
@@ -120,9 +122,10 @@ def isolates(model: Any) -> bool:
     was_training = model.training
     model.eval()
     try:
-        alone = model(input_ids=b[None], use_cache=False).logits[0].float()
-        seen = model(input_ids=both, use_cache=False).logits[0, 8:].float()
-        packed = model(input_ids=both, position_ids=restart, use_cache=False).logits[0, 8:].float()
+        with autocast():
+            alone = model(input_ids=b[None], use_cache=False).logits[0].float()
+            seen = model(input_ids=both, use_cache=False).logits[0, 8:].float()
+            packed = model(input_ids=both, position_ids=restart, use_cache=False).logits[0, 8:].float()
     except (TypeError, ValueError, RuntimeError):  # no position_ids in its forward, or a layout it refuses
         return False
     finally:

@@ -389,7 +389,7 @@ class Session:
             why = "not a supervised stage of a causal LM"  # data.packing: true was refused at validation
         elif dist.params_sharded(self.accel):
             why = "FSDP / ZeRO-3 run the same number of forwards on every process; packed shares differ"
-        elif not isolates(model):
+        elif not isolates(model, self.autocast):
             why = f"{type(loss_mod.unwrap(model)).__name__}'s forward does not keep packed examples apart"
         if why is None:
             log({"event": "packing", "width": self.cfg.data.max_length})
