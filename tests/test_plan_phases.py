@@ -106,3 +106,27 @@ def test_stages_are_planned_with_each_stages_task_type_and_steps(tiny_model, tin
     prep = prepare_data(cfg, load_tokenizer(str(tiny_model), cfg.model))
     assert [t.name for t in prep.tasks] == ["sft", "prefer"] and [o.name for o in prep.objectives] == ["sft", "dpo"]
     assert plan.batch_shape(cfg, prep) == plan.batch_shape(cfg)
+
+
+def test_a_search_is_planned_at_its_largest_trial(tiny_model, tiny_data, tmp_path):
+    """`retune plan` on a config with tune: plans every combination of the space's choices and range
+    ends and reports the largest; it equals planning that trial's own config."""
+    from retune.plan.search import combinations, largest_trial
+    from retune.search.space import base_raw, trial_config
+
+    raw = tiny_config(tiny_model, tiny_data, tmp_path)
+    raw["tune"] = {
+        "prune": False,
+        "space": {
+            "adapter.type": {"choice": ["lora", "full"]},
+            "trainer.batch_size": {"choice": [2, 8]},
+            "trainer.lr": {"loguniform": [1e-4, 1e-2]},
+        }
+    }
+    cfg = validate(raw)
+    trials = combinations(cfg)
+    assert len(trials) == 8 and {"adapter.type": "full", "trainer.batch_size": 8, "trainer.lr": 1e-4} in trials
+    p, trial = largest_trial(cfg)
+    assert (trial.adapter.type, trial.trainer.batch_size) == ("full", 8)
+    peaks = [plan.estimate(trial_config(base_raw(cfg), t)).peak_mb for t in trials]
+    assert p.peak_mb == pytest.approx(max(peaks)) and "largest of 8 trials" in p.notes[0]

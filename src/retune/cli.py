@@ -327,8 +327,13 @@ def plan(
 
     budget_mb = planner.parse_budget(budget) if budget is not None else None
     cfg = load_config(config, set_)
+    if cfg.tune.space:  # a search: its largest trial
+        from retune.plan.search import largest_trial
+
+        result, cfg = largest_trial(cfg)
+    else:
+        result = planner.estimate(cfg, planner.model_shape(cfg))
     shape = planner.model_shape(cfg)
-    result = planner.estimate(cfg, shape)
     if budget_mb is not None:
         planner.check_budget(cfg, result, budget_mb, shape)
     planner.print_plan(result, config)
