@@ -101,6 +101,9 @@ def train(
     nproc: Annotated[
         int, typer.Option(help="Data-parallel processes on this machine (torchrun underneath; gloo on CPU, one GPU each on GPUs)")
     ] = 1,
+    fsdp: Annotated[
+        bool, typer.Option("--fsdp", help="With --nproc: shard weights, gradients and optimizer state across the processes (FSDP2)")
+    ] = False,
 ) -> None:
     """Score the base model, fine-tune it, score it again; everything goes into a run directory."""
     _quiet_libraries()
@@ -108,10 +111,12 @@ def train(
 
     if nproc < 1:
         raise UsageError(f"--nproc {nproc}: give a number of processes, 1 or more")
+    if fsdp and nproc < 2:
+        raise UsageError("--fsdp shards the model across processes: give --nproc 2 or more")
     if nproc > 1:
         if distributed.launched():
             raise UsageError("--nproc inside torchrun / accelerate launch: the launcher already started the processes; drop --nproc")
-        _train_processes(config, set_, resume, nproc)
+        _train_processes(config, set_, resume, nproc, fsdp)
         return
     with distributed.quiet_off_main():
         run_dir, _ = run_train(config, set_, resume)
@@ -147,8 +152,9 @@ def train_config(cfg: RetuneConfig, watch: EvalWatch | None = None) -> tuple[Pat
     return done.path, summary
 
 
-def _train_processes(config: str | None, set_: list[str] | None, resume: str | None, nproc: int) -> None:
-    """`retune train --nproc N`: the same command in N processes under torchrun; one line if one fails."""
+def _train_processes(config: str | None, set_: list[str] | None, resume: str | None, nproc: int, fsdp: bool = False) -> None:
+    """`retune train --nproc N [--fsdp]`: the same command in N processes under torchrun (with
+    Accelerate's FSDP settings: --fsdp); one line if one fails."""
 
     from retune.config import load_config
     from retune.io import write_json
@@ -162,15 +168,17 @@ def _train_processes(config: str | None, set_: list[str] | None, resume: str | N
     else:
         cfg = load_config(config, set_)  # bad config: exit 2 before any process starts
         check_output_dir(cfg)
+        distributed.check_fsdp(cfg, asked=fsdp)
         run_dir = plan_path(cfg)
     args = ["retune.cli", "train", *([config] if config else []), *[f"--set={s}" for s in set_ or []]]
     args += ["--resume", resume] if resume else []
+    env = {"RETUNE_LAUNCHER": "1", "RETUNE_RUN_DIR": "" if resume else str(run_dir), **(distributed.FSDP_ENV if fsdp else {})}
     try:
-        distributed.launch(args, nproc, env={"RETUNE_LAUNCHER": "1", "RETUNE_RUN_DIR": "" if resume else str(run_dir)})
+        distributed.launch(args, nproc, env=env)
     except distributed.LaunchFailed as e:
         if e.exit_code == 2:  # bad input: rank 0 has said what
             raise typer.Exit(2) from None
-        hint = f"resume with: retune train --resume {run_dir} --nproc {nproc}"
+        hint = f"resume with: retune train --resume {run_dir} --nproc {nproc}" + (" --fsdp" if fsdp else "")
         if is_run_dir(run_dir):
             summary = run_dir / "summary.json"
             old = json.loads(summary.read_text()) if summary.exists() else {"run_dir": str(run_dir)}

@@ -61,12 +61,21 @@ def is_prompt_learning(model: Any) -> bool:
     return bool(getattr(model, "peft_config", None)) and any(getattr(c, "is_prompt_learning", False) for c in model.peft_config.values())
 
 
+def _fully_sharded(model: Any) -> bool:
+    """Under FSDP (torch's fully_shard) a module's weights are whole only inside the forward of its
+    sharded unit: the backbone and head can't be called apart from the root's forward."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(model, FSDPModule) or isinstance(unwrap(model), FSDPModule)
+
+
 def hidden_path(model: Any) -> tuple[Any, Any] | None:
     """(backbone, lm_head) when the head can be applied to selected positions; None for methods
-    (prefix / prompt tuning) whose peft forward must run as a whole, and for models whose forward does
-    more to the logits than the head (Gemma 2's final_logit_softcapping: tanh(logits / c) * c; skipping
-    it changes the NLL; tests/test_families.py::test_scores_are_the_models_own_loss[gemma2] fails without this)."""
-    if is_prompt_learning(model):
+    (prefix / prompt tuning) whose peft forward must run as a whole, for FSDP-sharded models (their
+    root forward gathers the weights), and for models whose forward does more to the logits than the
+    head (Gemma 2's final_logit_softcapping: tanh(logits / c) * c; skipping it changes the NLL;
+    tests/test_families.py::test_scores_are_the_models_own_loss[gemma2] fails without this)."""
+    if is_prompt_learning(model) or _fully_sharded(model):
         return None
     base = unwrap(model)
     config = getattr(base, "config", None)

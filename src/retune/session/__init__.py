@@ -53,7 +53,7 @@ from retune.session.prepare import Prepared, plan_mix, prepare_data
 from retune.session.retain import Retention
 from retune.session.uncertainty import write_scores
 from retune.train import distributed as dist
-from retune.train.checkpoint import LoopState, load_trainable
+from retune.train.checkpoint import LoopState, load_trainable, trainable_state
 from retune.train.loop import Hooks, fit
 from retune.types import Accelerator, Autocast, Model, Tokenizer
 
@@ -81,7 +81,9 @@ def make_accelerator(cfg: RetuneConfig, run_dir: Path | None = None) -> Accelera
     # accelerators (train then eval, or many runs in a test session), each with its own precision.
     # The process-group half (PartialState) is kept, so this is safe under torchrun.
     AcceleratorState._reset_state()
-    return Accelerator(mixed_precision=mp, log_with=log_with, project_dir=str(run_dir) if run_dir else None)
+    accelerator = Accelerator(mixed_precision=mp, log_with=log_with, project_dir=str(run_dir) if run_dir else None)
+    dist.fsdp_on_cpu(accelerator)
+    return accelerator
 
 
 def tracker_config(d: object, prefix: str = "") -> dict[str, Any]:
@@ -134,6 +136,7 @@ class Session:
     t_start: float = field(default_factory=time.perf_counter)
     memory: PhasePeaks = field(default_factory=PhasePeaks)  # each phase's peak RSS
     plan: dict[str, Any] | None = None  # the planner's prediction (summary.json `plan`), set by the recipe
+    labels: list[str] | None = None  # a seq_cls head's classes, as load_model had them
 
     # ---------------------------------------------------------------- set-up
 
@@ -144,6 +147,7 @@ class Session:
         from transformers import set_seed
 
         check_output_dir(cfg)
+        dist.check_fsdp(cfg)
         dist.init()
         setup_torch(cfg)
         set_seed(cfg.trainer.seed)
@@ -161,6 +165,7 @@ class Session:
 
     @phase("load")
     def load_model(self, labels: list[str] | None = None) -> Model:
+        self.labels = labels
         return load_base(self.cfg, self.model_path, trainable_full=self.full, labels=labels)
 
     @property
@@ -259,6 +264,8 @@ class Session:
             self.write_retained(scored, "base")
             self.run.write_json("base_retention.json", scored.to_json())
         dist.barrier()
+        if self.retention.rset and not dist.is_main() and (saved := self.run.read_json("base_retention.json")) is not None:
+            self.retention.base = RetainedScores.from_json(saved)  # under FSDP every rank runs the retention gate
         return base or {}
 
     @phase("retain_tuned")
@@ -376,7 +383,20 @@ class Session:
             from safetensors.torch import load_file
 
             load_trainable(model, load_file(str(chosen)))
-        return model, state
+        return self.gathered(model), state
+
+    def gathered(self, model: Model) -> Model:
+        """Under FSDP: the trained weights gathered whole (every rank takes part) into a plain copy of the
+        model on rank 0, which scores and saves it as after a single-process run; the other ranks keep
+        their shards. Otherwise the model itself."""
+        if not dist.params_sharded(self.accel):
+            return model
+        weights = trainable_state(model)  # a collective: rank 0 gets them whole, the others nothing
+        if not dist.is_main():
+            return model
+        plain = prepare_for_training(self.load_model(self.labels), self.cfg, bf16_autocast=self.accel.mixed_precision == "bf16")
+        load_trainable(plain, weights)
+        return plain
 
     def packing_width(self, model: Model, objective: Objective, log: Callable[[dict], None]) -> int | None:
         """data.packing for one fit: the packed rows' width (data.max_length), or None for padded
@@ -444,6 +464,7 @@ class Session:
             "peak_memory_mb": self.memory.peak_mb(),  # whole process (VmHWM); by phase below
             "phase_peaks_mb": self.memory.rounded(),
             "allocator": allocator.active(),
+            "engine": dist.engine(self.accel),
             "trainable_params": trainable,
             "total_params": total,
             "best_step": last.best_step,

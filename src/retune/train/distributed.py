@@ -27,7 +27,7 @@ from retune.errors import UsageError
 from retune.types import Accelerator
 
 if TYPE_CHECKING:
-    from retune.config import TrainerConfig
+    from retune.config import RetuneConfig, TrainerConfig
 
 T = TypeVar("T")
 
@@ -147,6 +147,62 @@ def check_engine(accelerator: Accelerator, cfg: TrainerConfig) -> bool:
             f"so each process takes one micro-batch of trainer.batch_size (global batch {cfg.batch_size * world()})"
         )
     return True
+
+
+# What `accelerate launch` sets from an FSDP config (examples/accelerate/fsdp.yaml): FSDP2 (torch's
+# fully_shard), full shard, one unit per decoder layer (the model's _no_split_modules), full state dicts.
+# `retune train --nproc N --fsdp` sets the same for its processes.
+FSDP_ENV = {
+    "ACCELERATE_USE_FSDP": "true",
+    "FSDP_VERSION": "2",
+    "FSDP_RESHARD_AFTER_FORWARD": "true",
+    "FSDP_AUTO_WRAP_POLICY": "TRANSFORMER_BASED_WRAP",
+    "FSDP_STATE_DICT_TYPE": "FULL_STATE_DICT",
+    "FSDP_CPU_RAM_EFFICIENT_LOADING": "false",  # every rank loads the weights (transformers reads this too)
+}
+
+
+def fsdp_requested() -> bool:
+    return launched() and os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true"
+
+
+def fsdp_on_cpu(accelerator: Accelerator) -> None:
+    """Accelerate keeps FSDP for GPU process types only: on CPU (gloo) its state drops the FSDP plugin
+    the launcher asked for (accelerate/state.py) and the run would silently be DDP. torch's fully_shard
+    runs on CPU, so the plugin is put back: Accelerate's FSDP2 path then prepares, clips and no_syncs."""
+    from accelerate import FullyShardedDataParallelPlugin, PartialState
+    from accelerate.utils import DistributedType
+
+    if not fsdp_requested() or accelerator.device.type != "cpu" or getattr(accelerator.state, "fsdp_plugin", None) is not None:
+        return
+    plugin = FullyShardedDataParallelPlugin()  # from the launcher's FSDP_* variables (FSDP2: check_fsdp)
+    if accelerator.mixed_precision != "no":
+        plugin.set_mixed_precision(accelerator.mixed_precision)
+    accelerator.state.fsdp_plugin = plugin
+    accelerator.state.distributed_type = DistributedType.FSDP
+    # as AcceleratorState does itself: every later AcceleratorState() copies PartialState's type back
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
+
+
+def check_fsdp(cfg: RetuneConfig, asked: bool | None = None) -> None:
+    """What runs under FSDP (`asked`, default: this process was launched with it): one supervised fit
+    (LoRA or full fine-tuning), retain: sets and replay included. Penalties read every weight on every
+    rank, and stages and preference objectives hand the weights between fits: not under FSDP yet."""
+    if not (fsdp_requested() if asked is None else asked):
+        return
+    if fsdp_requested() and not torch.cuda.is_available() and os.environ.get("FSDP_VERSION") != "2":
+        raise UsageError("FSDP on CPU runs as FSDP2 (torch's fully_shard): set fsdp_version: 2 in the Accelerate config")
+    methods = [m.method for m in cfg.retention if m.method != "replay"]
+    why = "stages:" if cfg.stages else f"objective: {cfg.objective.type}" if cfg.objective.type != "sft" else None
+    why = why or (f"retention: {methods[0]}" if methods else None)
+    if why:
+        raise UsageError(f"{why} is not supported under FSDP yet: drop it, or train with --nproc without --fsdp (DDP)")
+
+
+def engine(accelerator: Accelerator) -> str:
+    """How the processes share the work: summary.json `train.engine`."""
+    kind = str(accelerator.distributed_type).rsplit(".", 1)[-1]
+    return f"{kind} x{world()}" if active() else "single process"
 
 
 def params_sharded(accelerator: Accelerator) -> bool:

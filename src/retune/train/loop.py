@@ -169,7 +169,9 @@ def _step(run: _Run, examples: list[Encoded]) -> StepResult:
     idle = not mine
     scale = 0.0 if idle else 1.0 / n_target
     run.objective.before_step(run.plain, mine, run.pad_id, run.accelerator.autocast)  # e.g. grpo's generations
-    local = _accumulate(run, examples[:1] if idle else mine, scale)
+    # FSDP / ZeRO-3 gather the weights in every forward: each process runs as many as the busiest (rank 0)
+    forwards = -(-len(examples[:: dist.world()]) // run.cfg.batch_size) if dist.params_sharded(run.accelerator) else 1
+    local = _accumulate(run, examples[:1] if idle else mine, scale, forwards)
     result = _sum_over_processes(local, [reg.name for reg in run.regularizers], run.objective.metric_names)
     for name, value in _step_penalties(run).items():
         result.penalties[name] = result.penalties.get(name, 0.0) + value
@@ -178,17 +180,20 @@ def _step(run: _Run, examples: list[Encoded]) -> StepResult:
     return result
 
 
-def _accumulate(run: _Run, mine: list[Encoded], scale: float) -> StepResult:
-    """Forward and backward over this process's micro-batches; returns its share of the step's sums."""
+def _accumulate(run: _Run, mine: list[Encoded], scale: float, forwards: int = 1) -> StepResult:
+    """Forward and backward over this process's micro-batches, at least `forwards` of them (the extra
+    ones repeat the first with weight zero); returns its share of the step's sums."""
     # packed rows of whole examples where that saves work (data/packing.py), else padded micro-batches
     micro = micro_batches(mine, run.cfg.batch_size, run.pad_id, run.pack_to, run.objective.collate)
+    scales = [scale] * len(micro) + [0.0] * (forwards - len(micro))
+    micro += [micro[0]] * (forwards - len(micro))
     local = StepResult(loss=0.0, penalties={}, tokens=0)
-    for k, batch in enumerate(micro):
+    for k, (batch, weight) in enumerate(zip(micro, scales, strict=True)):
         # gradients are all-reduced once per step, in the backward of the last micro-batch
         sync = k == len(micro) - 1
         with contextlib.nullcontext() if sync else run.accelerator.no_sync(run.model):
             with run.accelerator.autocast():
-                loss = _micro_loss(run, batch, scale, local)
+                loss = _micro_loss(run, batch, weight, local)
             run.accelerator.backward(loss * run.grad_scale if run.grad_scale != 1 else loss)
     return local
 
@@ -294,11 +299,11 @@ def _resume(run: _Run, ckpt: Path) -> LoopState:
 
 
 def _checkpoint(run: _Run, state: LoopState) -> None:
-    # Rank 0 writes (the weights and loop position are the same everywhere); the barrier keeps any
-    # rank from going on, or reading, before the checkpoint is complete.
+    # Rank 0 writes (the weights and loop position are the same everywhere; under FSDP every rank
+    # takes part in gathering them); the barrier keeps any rank from going on, or reading, before the
+    # checkpoint is complete.
     extra = {reg.name: reg.state_dict() for reg in run.regularizers}
-    if dist.is_main():
-        save_checkpoint(run.ckpt_dir, run.plain, run.optimizer, run.scheduler, state, run.cfg.keep_checkpoints, extra)
+    save_checkpoint(run.ckpt_dir, run.plain, run.optimizer, run.scheduler, state, run.cfg.keep_checkpoints, extra)
     dist.barrier()
 
 
@@ -322,15 +327,16 @@ def _validate(
     per_task |= {f"val_{m}": sum(t[m] for t in totals.values()) / units for m in run.objective.metric_names}
     if state.best_val is None or val_loss < state.best_val:
         state.best_val, state.best_step, state.bad_evals = val_loss, state.step, 0
-        if dist.is_main():
-            save_weights(run.ckpt_dir / "best.safetensors", run.plain)
+        save_weights(run.ckpt_dir / "best.safetensors", run.plain)  # rank 0 writes
     else:
         state.bad_evals += 1
         if run.cfg.early_stopping_patience and state.bad_evals >= run.cfg.early_stopping_patience:
             state.stopped_early = True
     log({"step": state.step, "val_loss": val_loss, **per_task, "best_val_loss": state.best_val, "early_stop": state.stopped_early})
-    # the recipe's scoring runs on rank 0 (it holds the base scores); its decision goes to all
-    if dist.broadcast_object(dist.is_main() and bool(on_eval(run.plain, state))):
+    # the recipe's scoring runs on rank 0 (on every rank under FSDP: each forward gathers the weights
+    # from all); rank 0's decision goes to all
+    stop = bool(on_eval(run.plain, state)) if dist.is_main() or dist.params_sharded(run.accelerator) else False
+    if dist.broadcast_object(stop):
         state.stopped_early = True
 
 
