@@ -121,7 +121,7 @@ def test_a_search_is_planned_at_its_largest_trial(tiny_model, tiny_data, tmp_pat
             "adapter.type": {"choice": ["lora", "full"]},
             "trainer.batch_size": {"choice": [2, 8]},
             "trainer.lr": {"loguniform": [1e-4, 1e-2]},
-        }
+        },
     }
     cfg = validate(raw)
     trials = combinations(cfg)
