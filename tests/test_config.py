@@ -67,6 +67,13 @@ def test_bad_yaml_and_missing_file(tmp_path):
         load_config(p)
 
 
+def test_a_section_that_is_not_a_mapping_is_a_usage_error(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("output: runs/\n")  # a common slip for output: {dir: runs/}
+    with pytest.raises(UsageError, match="output: input should be a valid dictionary"):
+        load_config(p)
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_every_example_validates_and_says_how_to_run(path):
     load_config(path)

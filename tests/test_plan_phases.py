@@ -79,6 +79,10 @@ def test_train_prints_and_records_the_plan_and_each_phase(tiny_model, tiny_data,
     phases = summary["train"]["phase_peaks_mb"]
     assert {"data", "load", "base_eval", "retain_base", "attach", "train", "tuned_eval", "retain_tuned", "save"} <= set(phases)
     assert max(phases.values()) <= summary["train"]["peak_memory_mb"] + 1
+    seconds = summary["train"]["phase_seconds"]  # where the time went, the same phases
+    assert set(seconds) == set(phases)
+    assert all(v >= 0 for v in seconds.values())
+    assert sum(seconds[k] for k in ("data", "load", "base_eval", "train", "tuned_eval", "save")) <= summary["train"]["wall_seconds"] + 0.5
 
 
 def test_stages_are_planned_with_each_stages_task_type_and_steps(tiny_model, tiny_data, tmp_path):

@@ -38,10 +38,10 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise UsageError(f"{path}: the top level must be a mapping of sections (model:, adapter:, data:, ...)")
     for item in overrides or []:
         apply_override(raw, item)
-    if path is not None and not (raw.get("output") or {}).get("name"):
-        raw.setdefault("output", {})
-        if isinstance(raw["output"], dict):
-            raw["output"]["name"] = Path(path).stem
+    if path is not None:
+        output = raw.setdefault("output", {})
+        if isinstance(output, dict) and not output.get("name"):  # anything else: validate() names the problem
+            output["name"] = Path(path).stem
     return validate(raw)
 
 

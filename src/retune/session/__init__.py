@@ -463,6 +463,7 @@ class Session:
             "wall_seconds": time.perf_counter() - self.t_start,
             "peak_memory_mb": self.memory.peak_mb(),  # whole process (VmHWM); by phase below
             "phase_peaks_mb": self.memory.rounded(),
+            "phase_seconds": {k: round(v, 1) for k, v in self.memory.seconds.items()},  # nested phases count in their parent
             "allocator": allocator.active(),
             "engine": dist.engine(self.accel),
             "trainable_params": trainable,

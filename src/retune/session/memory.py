@@ -1,12 +1,12 @@
 """The peak memory of each phase of a run (summary.json `train.phase_peaks_mb`), so that every run checks
-`retune plan`'s per-phase prediction.
+`retune plan`'s per-phase prediction, and its wall time (`train.phase_seconds`: where a run's time went).
 
 The whole-process peak is the kernel's high-water mark of the resident set (VmHWM in /proc/self/status,
 what ru_maxrss reports); it is never reset, so other readers of ru_maxrss see the usual number. Each
 phase's peak is the larger of two readings: VmRSS sampled every `interval` seconds by a daemon thread
 while the phase runs, and VmHWM itself where it rose during the phase (the phase that sets the run's
 peak is known exactly; a phase below it to within what a sample can miss). A nested phase
-(evaluation inside training) counts in its parent too.
+(evaluation inside training) counts in its parent too, in memory and in seconds.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import re
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -42,10 +43,12 @@ def rss_mb() -> float:
 
 
 class PhasePeaks:
-    """`with peaks.phase("load"): ...`; `peaks.peaks` maps each phase to its peak RSS (MB)."""
+    """`with peaks.phase("load"): ...`; `peaks.peaks` maps each phase to its peak RSS (MB), `peaks.seconds`
+    to its wall time (summed when a phase runs more than once)."""
 
     def __init__(self, interval: float = 0.05) -> None:
         self.peaks: dict[str, float] = {}
+        self.seconds: dict[str, float] = {}
         self.interval = interval
         self._open: list[str] = []
         self._lock = threading.Lock()
@@ -53,7 +56,7 @@ class PhasePeaks:
 
     @contextlib.contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        hwm = hwm_mb()
+        hwm, t0 = hwm_mb(), time.perf_counter()
         self._open.append(name)
         self._note(name, rss_mb())
         self._start()
@@ -64,6 +67,7 @@ class PhasePeaks:
             if now > hwm:  # the process's peak rose in this phase: its peak is known exactly
                 self._note(name, now)
             self._note(name, rss_mb())
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t0
             with self._lock:
                 self._open.remove(name)
             if not self._open:
