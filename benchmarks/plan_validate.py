@@ -196,6 +196,7 @@ def run_example(config: str, overrides: list[str], out: Path, env: dict[str, str
     row |= {"summary_peak_mb": round(train["peak_memory_mb"]), "sampled_peak_mb": round(sampled), "allocator": train.get("allocator")}
     row |= {"plan_phase": plan.get("phase"), "measured_phase": max(phases, key=phases.get) if phases else None}
     row |= {"plan_phases_mb": plan.get("phases_mb"), "measured_phases_mb": phases, "wall_seconds": round(train["wall_seconds"])}
+    row |= {"phase_seconds": train.get("phase_seconds", {})}
     if row["predicted_mb"]:
         row["error_pct"] = round(100 * (row["predicted_mb"] - measured) / measured, 1)
     return row
@@ -211,7 +212,8 @@ def examples(paths: list[str], overrides: list[str], work: Path, out_json: str |
         got = f"measured {row['measured_mb']:6.0f} MB ({row['measured_phase']})"
         print(f"{Path(config).name:22} {pred}  {got}  error {row.get('error_pct', float('nan')):+6.1f}%", flush=True)
         for name, mb in row["measured_phases_mb"].items():
-            print(f"    {name:16} measured {mb:7.0f}  plan {(row['plan_phases_mb'] or {}).get(name, float('nan')):7.0f}")
+            secs = row["phase_seconds"].get(name, float("nan"))
+            print(f"    {name:16} measured {mb:7.0f}  plan {(row['plan_phases_mb'] or {}).get(name, float('nan')):7.0f}  {secs:7.1f} s")
         if out_json:
             Path(out_json).write_text(json.dumps(table, indent=2) + "\n")
 
