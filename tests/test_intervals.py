@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from retune.data.sources import humaneval
+from retune.errors import UsageError
 from retune.evaluate import metrics
 from retune.evaluate.intervals import bootstrap_mean, format_pm, interval, paired_bootstrap, wilson
 
@@ -132,3 +133,25 @@ def test_pass_at_1_per_problem_is_zero_or_one_and_averages_to_compute():
     assert scores == [1.0, 0.0, 1.0]
     assert np.mean(scores) == pytest.approx(metrics.compute("pass_at_1", preds, ["", "", ""], records)["pass_at_1"])
     assert interval("pass_at_1", scores)["method"] == "wilson"
+
+
+def test_per_example_scores_survive_texts_with_unicode_line_separators(tmp_path):
+    """A review holding U+0085 (NEL) or U+2028 stays on one JSONL line (JSON leaves them unescaped with
+    ensure_ascii=False); reading back splits on "\\n" only, so the scores come back whole."""
+    from retune.evaluate.task_eval import Predictions, TaskScores
+    from retune.io import read_jsonl
+    from retune.rundir import RunDir
+    from retune.session.uncertainty import read_scores, write_scores
+
+    run = RunDir(tmp_path)
+    prompts = ["plain", "a\x85b", "c\u2028d", "e\u2029f"]
+    scored = TaskScores({}, {"accuracy": [1.0, 0.0, 1.0, 1.0]}, Predictions(prompts, ["x"] * 4, ["y"] * 4))
+    write_scores(run, "base", "reviews", scored)
+    assert read_scores(run, "base", ["reviews"]) == {"reviews": {"accuracy": [1.0, 0.0, 1.0, 1.0]}}
+    assert [r["prompt"] for r in read_jsonl(run.scores_file("reviews", "base"))] == prompts
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"a": 1}\n{"a": \n{"a": 2}\n{"a": ')
+    with pytest.raises(UsageError, match=r"bad.jsonl line 2 is not valid JSON"):
+        read_jsonl(bad)
+    bad.write_text('{"a": 1}\n{"a": 2}\n{"a": ')
+    assert read_jsonl(bad, torn_tail=True) == [{"a": 1}, {"a": 2}]

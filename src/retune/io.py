@@ -38,6 +38,24 @@ def _jsonable(x: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(x).__name__}")
 
 
+def read_jsonl(path: str | Path, torn_tail: bool = False) -> list[Any]:
+    """The rows of a JSONL file, split on "\n" only: str.splitlines() also breaks on U+0085 and U+2028,
+    which JSON leaves unescaped inside strings (json.dumps(ensure_ascii=False); a rotten-tomatoes review
+    holds U+0085). A bad line is a one-line error naming the file and line; `torn_tail`: a bad last line
+    is skipped instead (a file a killed process was appending to, metrics.jsonl)."""
+    from retune.errors import UsageError
+
+    lines = [line for line in Path(path).read_text(encoding="utf-8").split("\n") if line.strip()]
+    rows = []
+    for n, line in enumerate(lines, 1):
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if not (torn_tail and n == len(lines)):
+                raise UsageError(f"{path} line {n} is not valid JSON ({e.msg}); restore the file or rerun what wrote it") from None
+    return rows
+
+
 def append_jsonl(path: str | Path, obj: dict) -> None:
     # One line per append: a crash loses at most the line being written, never earlier ones.
     with open(path, "a") as f:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from retune.config import TemplateConfig
 from retune.errors import UsageError
-from retune.io import write_text
+from retune.io import read_jsonl, write_text
 from retune.paths import cache_dir, package_dir
 
 SPLITS = ("train", "validation", "test")
@@ -209,8 +209,7 @@ def load_builtin(name: str, split: str) -> list[dict]:
         for s, rows in ds.extract().items():
             write_text(folder / f"{s}.jsonl", "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
         write_text(done, stamp)
-    # split on "\n" only: str.splitlines() would also break on U+2028 inside review texts
-    return [json.loads(line) for line in (folder / f"{split}.jsonl").read_text().split("\n") if line]
+    return read_jsonl(folder / f"{split}.jsonl")
 
 
 def builtin_path(name: str, split: str) -> Path:

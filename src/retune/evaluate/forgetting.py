@@ -18,6 +18,7 @@ from retune.errors import UsageError
 from retune.evaluate import lmeval, scoring  # lmeval imports the harness only when a task is scored
 from retune.evaluate.intervals import paired_bootstrap
 from retune.evaluate.task_eval import TaskScores, score_task
+from retune.io import read_jsonl
 from retune.types import Autocast, Model, Tokenizer
 
 PROBE = "general-text"  # the probe's row in summary.json `retention`
@@ -53,9 +54,7 @@ def probe_texts(spec: str, n: int) -> list[str]:
             f"retain.probe: {spec} is neither 'general' nor a file (.txt: one paragraph per blank-line block; .jsonl: a text column)"
         )
     if path.suffix == ".jsonl":
-        import json
-
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = read_jsonl(path)
         if not rows or "text" not in rows[0]:
             raise UsageError(f"retain.probe: {spec} needs a 'text' field in each JSON line")
         return [str(r["text"]) for r in rows][:n]

@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from retune import io
 from retune.errors import UsageError
 from retune.evaluate.forgetting import primary
 from retune.rundir import RunDir
@@ -27,16 +28,8 @@ def read_json(path: Path) -> Any:
 
 
 def read_jsonl(path: Path) -> list[dict]:
-    """The rows of a JSONL file; a torn last line (a killed process) is skipped, any other bad line is an error."""
-    lines = [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-    rows = []
-    for n, line in enumerate(lines, 1):
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            if n < len(lines):
-                raise UsageError(f"{path} line {n} is not valid JSON; restore the file or rerun the run") from None
-    return rows
+    """The rows of a run's JSONL file ([] when it is missing); a torn last line (a killed process) is skipped."""
+    return io.read_jsonl(path, torn_tail=True) if path.exists() else []
 
 
 @dataclass

@@ -38,7 +38,7 @@ from retune.errors import UsageError
 from retune.evaluate.forgetting import PROBE, RetainedScores
 from retune.evaluate.report import LiveProgress, console, plot_loss
 from retune.evaluate.task_eval import score_task, scoring_mode
-from retune.io import append_jsonl, replace_dir, staging_dir
+from retune.io import append_jsonl, read_jsonl, replace_dir, staging_dir
 from retune.models import loss as loss_mod
 from retune.models.load import compute_dtype, count_params, load_base, load_tokenizer, path_report, prepare_for_training
 from retune.models.resolve import resolve_base
@@ -327,7 +327,7 @@ class Session:
         """summary.json `preference`: the stage type's own scores of the validation set and its curves ({} for sft)."""
         scores = objective.summary(model, val, self.tok.pad_token_id, self.cfg.eval.batch_size, self.autocast)
         if scores and self.run is not None and self.run.metrics_path.exists():
-            rows = [json.loads(line) for line in self.run.metrics_path.read_text().splitlines() if line.strip()]
+            rows = read_jsonl(self.run.metrics_path, torn_tail=True)
             scores["curves"] = curves(rows, objective.metric_names, stage)
         return scores
 

@@ -11,7 +11,7 @@ from typing import Any
 from retune.evaluate.intervals import format_pm, interval, paired_bootstrap
 from retune.evaluate.report import console
 from retune.evaluate.task_eval import TaskScores
-from retune.io import write_text
+from retune.io import read_jsonl, write_text
 from retune.rundir import RunDir
 
 
@@ -42,7 +42,7 @@ def read_scores(run: RunDir, stage: str, tasks: list[str]) -> dict[str, dict[str
         path = run.scores_file(task, stage)
         if not path.exists():
             continue
-        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = read_jsonl(path)
         keys = [k for k in rows[0] if k not in ("i", "prompt", "prediction", "reference")] if rows else []
         out[task] = {k: [float(r[k]) for r in rows] for k in keys}
     return out

