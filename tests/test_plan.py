@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 
 import pytest
@@ -14,6 +15,7 @@ from retune import plan
 from retune.cli import app
 from retune.config import validate
 from retune.errors import UsageError
+from retune.plan.scoring import Job
 
 
 @pytest.fixture()
@@ -79,6 +81,26 @@ def test_retention_buffers(cfg):
     ewc = plan.estimate(_with(cfg, retention=[{"method": "ewc"}]), shape, plan.Batch(4, 64, 8), plan.Rules())
     assert ewc.parts["retention"] == pytest.approx(2 * 4 * shape.adapter / 2**20)
     assert ewc.peak_mb > base.peak_mb
+
+
+def test_distillation_counts_the_students_second_forward_and_its_logits(cfg):
+    """A distillation step holds a second forward with gradients (a retained micro-batch of
+    distill.batch_size rows; with prompts: [new], the task's own batch again) and its fp32 logits."""
+    E = importlib.import_module("retune.plan.estimate")
+    shape, batch = plan.model_shape(cfg), plan.Batch(4, 64, 8)
+    retained = ([], [Job("kept validation loss", "nll", 8, 48)])
+    base = plan.estimate(cfg, shape, batch, plan.Rules(), retained)
+    on_retain = plan.estimate(_with(cfg, retention=[{"method": "distill", "batch_size": 2}]), shape, batch, plan.Rules(), retained)
+    kept = plan.Batch(2, 48, 2)
+    c = _with(cfg, retention=[{"method": "distill", "batch_size": 2}])
+    expected = E._activations(c, shape, kept, plan.Rules(), "lora") + E.KL_TENSORS * 2 * 48 * shape.vocab * 4
+    assert on_retain.parts["distillation"] == pytest.approx(expected / 2**20)
+    assert base.parts["distillation"] == 0
+    both = plan.estimate(
+        _with(cfg, retention=[{"method": "distill", "batch_size": 2, "prompts": ["retain", "new"]}]), shape, batch, plan.Rules(), retained
+    )
+    assert both.parts["distillation"] > on_retain.parts["distillation"]
+    assert both.phases["train"] > on_retain.phases["train"] > base.phases["train"]
 
 
 def test_allocator_slack_follows_the_malloc(cfg, monkeypatch):

@@ -267,9 +267,32 @@ def _retention(cfg: RetuneConfig, method: str, trainable: int, weights: float, n
             retention += per_method[m.method] * 4 * trainable
         elif m.method == "distill" and method == "full":
             teacher = weights  # a frozen copy of the model; under adapters the base itself (adapters off)
-    if any(m.method == "distill" for m in cfg.retention):
-        notes.append("distillation's extra forward (teacher logits) is not modelled")
     return retention, teacher
+
+
+# fp32 (positions, vocab) tensors alive at once in a distillation term (retention/distill.py kl_sum):
+# the student's logits and log-softmax, the teacher's logits and log-softmax, its exp, the difference
+KL_TENSORS = 6
+
+
+def _distill(cfg: RetuneConfig, s: Shape, b: Batch, r: Rules, method: str, retained: list[Job]) -> float:
+    """What a distillation term adds to a training step (retention/distill.py): the student's second
+    forward with gradients, over a retained micro-batch (`prompts: [retain]`: distill.batch_size rows as
+    long as the longest retained example) and over the task's micro-batch (`new`), alive with the task's
+    own until the backward; each with KL_TENSORS fp32 logits of every position (an upper bound: `retain`
+    counts only response positions); and a full fine-tuning teacher's bf16 weight casts under autocast."""
+    extra = 0.0
+    for m in cfg.retention:
+        if m.method != "distill" or not m.weight:
+            continue
+        longest = max((j.tokens for j in retained if j.mode == "nll" and j.name != "general-text probe"), default=b.seq_len)
+        batches = [Batch(m.batch_size, min(longest, cfg.data.max_length), m.batch_size)] if "retain" in m.prompts else []
+        batches += [b] if "new" in m.prompts else []
+        for d in batches:
+            extra += _activations(cfg, s, d, r, method) + KL_TENSORS * d.size * d.seq_len * s.vocab * 4
+        if batches and method == "full" and r.autocast:
+            extra += 2 * s.quantisable
+    return extra
 
 
 def _malloc_notes(r: Rules, b: Batch) -> list[str]:
@@ -317,7 +340,7 @@ def estimate(
     ckpt = s.ckpt_bytes * (P - s.adapter)
     loading = LOAD_RESIDENT["full" if method == "full" else ("qlora" if method == "qlora" else "lora")] * ckpt if r.load_resident else 0.0
     fixed = r.runtime_mb * MB + loading + weights + adapter + retention + teacher
-    saved = act + logits + cast_cache
+    saved = act + logits + cast_cache + _distill(cfg, s, b, r, method, jobs[1] if jobs else [])
     slack = (r.overhead(method, lean_applies(s, r)) - 1) * saved
     train = fixed + compile_mb * MB + optimizer + max(saved + slack, grads)
     # loading: transformers reads the checkpoint through mmap; a dtype conversion holds both copies
@@ -336,6 +359,7 @@ def estimate(
         "gradients": grads / MB,
         "optimizer": optimizer / MB,
         "activations": (act + cast_cache) / MB,
+        "distillation": (saved - act - cast_cache - logits) / MB,
         "logits": logits / MB,
         "allocator": slack / MB if saved + slack > grads else 0.0,
         "retention": retention / MB,
