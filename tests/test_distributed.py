@@ -114,21 +114,17 @@ def _rank_pid(tag: str, rank: int) -> int | None:
     return None
 
 
-def test_killed_rank_fails_cleanly_and_resume_continues_on_one_process(tmp_path, tiny_model, tiny_data):
-    trainer = {"batch_size": 2, "grad_accum": 2, "max_steps": 300, "save_every": 2, "threads": 1}
-    cfg = tiny_config(tiny_model, tiny_data, tmp_path / "runs", trainer=trainer)
-    path = write_config(tmp_path / "cfg.yaml", cfg)
-    tag = uuid.uuid4().hex
-    p = _spawn(["train", str(path), "--nproc", "2"], tag)
+def _kill_rank_one_after_a_checkpoint(args: list[str], tag: str, runs: Path) -> tuple[int, str]:
+    """`retune ARGS` (with --nproc 2) with rank 1 SIGKILLed once a checkpoint under `runs` is complete:
+    the launcher's (exit code, stderr)."""
+    p = _spawn(args, tag)
     try:
-        deadline = time.monotonic() + 240
-        victim = None
+        deadline, victim = time.monotonic() + 240, None
         while time.monotonic() < deadline and p.poll() is None:
             # any complete checkpoint will do: with keep_checkpoints 2 a given step-* is pruned again within
             # a few steps, so waiting for one by name can miss it on a fast machine and let the run finish
-            ckpts = list((tmp_path / "runs").glob("*/checkpoints/step-*/state.json"))
             victim = victim or _rank_pid(tag, 1)
-            if ckpts and victim:
+            if victim and list(runs.glob("*/checkpoints/step-*/state.json")):
                 os.kill(victim, signal.SIGKILL)
                 break
             time.sleep(0.05)
@@ -138,7 +134,16 @@ def test_killed_rank_fails_cleanly_and_resume_continues_on_one_process(tmp_path,
         if p.poll() is None:
             os.killpg(p.pid, signal.SIGKILL)
             p.communicate()
-    assert p.returncode == 1
+    return p.returncode, err
+
+
+def test_killed_rank_fails_cleanly_and_resume_continues_on_one_process(tmp_path, tiny_model, tiny_data):
+    trainer = {"batch_size": 2, "grad_accum": 2, "max_steps": 300, "save_every": 2, "threads": 1}
+    cfg = tiny_config(tiny_model, tiny_data, tmp_path / "runs", trainer=trainer)
+    path = write_config(tmp_path / "cfg.yaml", cfg)
+    tag = uuid.uuid4().hex
+    code, err = _kill_rank_one_after_a_checkpoint(["train", str(path), "--nproc", "2"], tag, tmp_path / "runs")
+    assert code == 1
     last = err.strip().splitlines()[-1]
     assert "rank 1 of 2 was killed by SIGKILL" in last and "retune train --resume" in last, err[-2000:]
     assert _rank_pid(tag, 0) is None, "no training process is left behind"

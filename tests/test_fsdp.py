@@ -5,9 +5,6 @@ gathered weights as a single process would."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import time
 import uuid
 from pathlib import Path
 
@@ -20,7 +17,7 @@ from conftest import tiny_config
 from helpers import losses, read_metrics, write_config
 from retune.cli import app
 from retune.cli import run_train as train
-from test_distributed import _cli, _rank_pid, _run_dir, _spawn
+from test_distributed import _cli, _kill_rank_one_after_a_checkpoint, _run_dir
 
 # batch_size 1 x grad_accum 3: rank 0 takes 2 micro-batches and rank 1 one, so rank 1 runs a zero-weighted
 # forward to keep the weight all-gathers in step; save_every 2 leaves checkpoints to resume from
@@ -77,23 +74,9 @@ def test_fsdp_full_fine_tuning_two_processes_equal_one(tmp_path, tiny_model, tin
 def test_fsdp_lora_resumes_after_a_killed_rank_onto_the_uninterrupted_run(tmp_path, tiny_model, tiny_data):
     cfg, path = _config(tmp_path, tiny_model, tiny_data, "lora")
     tag = uuid.uuid4().hex
-    p = _spawn(["train", str(path), "--nproc", "2", "--fsdp"], tag)
-    try:
-        deadline, victim = time.monotonic() + 240, None
-        while time.monotonic() < deadline and p.poll() is None:
-            victim = victim or _rank_pid(tag, 1)
-            if victim and list((tmp_path / "runs").glob("*/checkpoints/step-*/state.json")):
-                os.kill(victim, signal.SIGKILL)  # the first checkpoint is complete: stop mid-run
-                break
-            time.sleep(0.05)
-        assert victim is not None and p.poll() is None, "the run ended before rank 1 could be killed"
-        _, err = p.communicate(timeout=120)
-    finally:
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.communicate()
+    code, err = _kill_rank_one_after_a_checkpoint(["train", str(path), "--nproc", "2", "--fsdp"], tag, tmp_path / "runs")
     last = err.strip().splitlines()[-1]
-    assert p.returncode == 1 and "rank 1 of 2 was killed by SIGKILL" in last and last.endswith("--nproc 2 --fsdp"), err[-2000:]
+    assert code == 1 and "rank 1 of 2 was killed by SIGKILL" in last and last.endswith("--nproc 2 --fsdp"), err[-2000:]
 
     run_dir = next((tmp_path / "runs").iterdir())
     resume_from = json.loads((sorted((run_dir / "checkpoints").glob("step-*"))[-1] / "state.json").read_text())["step"]

@@ -339,9 +339,10 @@ def plan(
         from retune.plan.search import largest_trial
 
         result, cfg = largest_trial(cfg)
+        shape = planner.model_shape(cfg)
     else:
-        result = planner.estimate(cfg, planner.model_shape(cfg))
-    shape = planner.model_shape(cfg)
+        shape = planner.model_shape(cfg)
+        result = planner.estimate(cfg, shape)
     if budget_mb is not None:
         planner.check_budget(cfg, result, budget_mb, shape)
     planner.print_plan(result, config)

@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from retune.errors import UsageError
+
 
 def write_text(path: str | Path, text: str) -> None:
     path = Path(path)
@@ -43,8 +45,6 @@ def read_jsonl(path: str | Path, torn_tail: bool = False) -> list[Any]:
     which JSON leaves unescaped inside strings (json.dumps(ensure_ascii=False); a rotten-tomatoes review
     holds U+0085). A bad line is a one-line error naming the file and line; `torn_tail`: a bad last line
     is skipped instead (a file a killed process was appending to, metrics.jsonl)."""
-    from retune.errors import UsageError
-
     lines = [line for line in Path(path).read_text(encoding="utf-8").split("\n") if line.strip()]
     rows = []
     for n, line in enumerate(lines, 1):

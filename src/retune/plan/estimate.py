@@ -282,10 +282,10 @@ def _distill(cfg: RetuneConfig, s: Shape, b: Batch, r: Rules, method: str, retai
     own until the backward; each with KL_TENSORS fp32 logits of every position (an upper bound: `retain`
     counts only response positions); and a full fine-tuning teacher's bf16 weight casts under autocast."""
     extra = 0.0
+    longest = max((j.tokens for j in retained if j.mode == "nll" and j.name != "general-text probe"), default=b.seq_len)
     for m in cfg.retention:
         if m.method != "distill" or not m.weight:
             continue
-        longest = max((j.tokens for j in retained if j.mode == "nll" and j.name != "general-text probe"), default=b.seq_len)
         batches = [Batch(m.batch_size, min(longest, cfg.data.max_length), m.batch_size)] if "retain" in m.prompts else []
         batches += [b] if "new" in m.prompts else []
         for d in batches:
@@ -340,7 +340,8 @@ def estimate(
     ckpt = s.ckpt_bytes * (P - s.adapter)
     loading = LOAD_RESIDENT["full" if method == "full" else ("qlora" if method == "qlora" else "lora")] * ckpt if r.load_resident else 0.0
     fixed = r.runtime_mb * MB + loading + weights + adapter + retention + teacher
-    saved = act + logits + cast_cache + _distill(cfg, s, b, r, method, jobs[1] if jobs else [])
+    distill = _distill(cfg, s, b, r, method, jobs[1] if jobs else [])
+    saved = act + logits + cast_cache + distill
     slack = (r.overhead(method, lean_applies(s, r)) - 1) * saved
     train = fixed + compile_mb * MB + optimizer + max(saved + slack, grads)
     # loading: transformers reads the checkpoint through mmap; a dtype conversion holds both copies
@@ -359,7 +360,7 @@ def estimate(
         "gradients": grads / MB,
         "optimizer": optimizer / MB,
         "activations": (act + cast_cache) / MB,
-        "distillation": (saved - act - cast_cache - logits) / MB,
+        "distillation": distill / MB,
         "logits": logits / MB,
         "allocator": slack / MB if saved + slack > grads else 0.0,
         "retention": retention / MB,
