@@ -32,6 +32,7 @@ import hashlib
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
@@ -177,6 +178,7 @@ def run_one(args: argparse.Namespace, method: str, seed: int, lr: float | None, 
     trainer = cfg.trainer.model_copy(update={"save_every": None, "keep_checkpoints": 1})
     t_fit = time.perf_counter()
     state = fit(model, train, [], trainer, tok.pad_token_id, accelerator, out_dir, regs, Hooks(log=log_rows.append))
+    shutil.rmtree(out_dir)  # the final checkpoint (up to 4 GB with SI's state): the weights are in memory
     model = accelerator.unwrap_model(model)
     t_score = time.perf_counter()
     out = {"method": method, "seed": seed, "lr": cfg.trainer.lr, "new": score_new(model, tok, fmt, task, cfg, bf16, split)}

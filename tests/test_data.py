@@ -8,7 +8,7 @@ from retune.config import DataConfig, EvalConfig, TemplateConfig
 from retune.data.batching import batch_indices, collate
 from retune.data.dataset import load_task, load_task_config
 from retune.data.readers import read_records
-from retune.data.templates import Formatter, check_fields
+from retune.data.templates import Encoded, Formatter, check_fields
 from retune.errors import UsageError
 from retune.models.load import load_tokenizer
 
@@ -117,6 +117,15 @@ def test_collate_pads_right_with_masked_labels(tok):
     assert batch["input_ids"].shape[0] == 2
     short = 0 if len(a.input_ids) < len(b.input_ids) else 1
     assert batch["labels"][short, -1] == -100 and batch["attention_mask"][short, -1] == 0
+
+
+def test_collate_rounds_the_width_up_to_a_multiple_of_eight():
+    rows = [Encoded([1, 2, 3], [-100, 2, 3], 1), Encoded(list(range(1, 11)), [-100] * 9 + [10], 1)]
+    batch = collate(rows, 0)
+    assert batch["input_ids"].shape == batch["labels"].shape == (2, 16)
+    assert batch["attention_mask"].sum(dim=1).tolist() == [3, 10]  # the rounding is padding: masked, unlabelled
+    assert (batch["labels"][:, 10:] == -100).all() and (batch["input_ids"][:, 10:] == 0).all()
+    assert collate(rows[:1] * 2, 0)["input_ids"].shape == (2, 8) and collate([Encoded([1] * 8, [1] * 8, 1)], 0)["input_ids"].shape == (1, 8)
 
 
 def test_load_tasks_several_and_eval_only(tmp_path):

@@ -37,7 +37,8 @@ def _same_scores(s1: dict, s2: dict) -> None:
     """The final scores: rank 0 scored the gathered weights as the single process scored its own."""
     assert s2["final"].keys() == s1["final"].keys()
     for task, row in s1["final"].items():
-        assert s2["final"][task] == pytest.approx(row, abs=1e-4), task
+        # perplexity is exp(NLL): ~250 on the tiny model, so its rounding is relative (1e-6 of it is 2.5e-4)
+        assert s2["final"][task] == pytest.approx(row, rel=1e-5, abs=1e-4), task
     r1, r2 = s1["retention"]["general-text"], s2["retention"]["general-text"]
     assert [r2[k] for k in ("base", "final", "delta")] == pytest.approx([r1[k] for k in ("base", "final", "delta")], abs=1e-4)
 

@@ -8,7 +8,7 @@ import random
 import pytest
 import torch
 
-from retune.data.batching import collate, next_token_mask
+from retune.data.batching import collate, next_token_mask, padded_width
 from retune.data.packing import collate_packed, isolates, micro_batches, pack, packed_micro_batches
 from retune.data.templates import Encoded
 from retune.objectives import SFT
@@ -70,10 +70,11 @@ def test_pack_fills_rows_and_keeps_every_example_once():
 def test_packed_layout_restarts_positions_and_drops_first_labels():
     a, b = Encoded([5, 6, 7], [5, 6, 7], 0), Encoded([8, 9], [-100, 9], 1)
     batch = collate_packed([[a, b], [b]], PAD)
-    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9], [8, 9, PAD, PAD, PAD]]
-    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1], [0, 1, 0, 1, 2]]
-    assert batch["labels"].tolist() == [[-100, 6, 7, -100, 9], [-100, 9, -100, -100, -100]]
-    assert next_token_mask(batch).tolist() == [[True, True, False, True], [True, False, False, False]]
+    # the width rounds up to a multiple of 8 (batching.PAD_MULTIPLE); the padding is a sequence of its own
+    assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9, PAD, PAD, PAD], [8, 9] + [PAD] * 6]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2], [0, 1, 0, 1, 2, 3, 4, 5]]
+    assert batch["labels"].tolist() == [[-100, 6, 7, -100, 9, -100, -100, -100], [-100, 9] + [-100] * 6]
+    assert next_token_mask(batch).tolist() == [[True, True, False, True] + [False] * 3, [True] + [False] * 6]
     assert "attention_mask" not in batch and "weights" not in batch
 
 
@@ -95,7 +96,7 @@ def test_packed_batch_has_the_padded_loss_and_gradients(tiny_model, adapter, att
     scale = 1.0 / sum(SFT.count(e) for e in examples)  # the loop's normaliser: labelled tokens of the step
     want, want_grads = _loss_and_grads(model, [collate(examples, PAD)], scale)
     packed = packed_micro_batches(examples, 64, 4, PAD)
-    longest = max(len(e.input_ids) for e in examples)
+    longest = padded_width(max(len(e.input_ids) for e in examples))
     assert len(packed) >= 2 and all(b["input_ids"].numel() <= 4 * longest for b in packed)  # within padding's area
     assert sum(len(b["input_ids"]) for b in packed) < len(examples)  # several examples per row
     got, got_grads = _loss_and_grads(model, packed, scale)

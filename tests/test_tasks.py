@@ -257,7 +257,10 @@ def test_scoring_default_by_task_type():
     chosen = SimpleNamespace(scoring="generate")  # eval.scoring wins over the default, not over a classifier head
     assert [CAUSAL_LM.scoring(labelled, chosen), SEQ_CLS.scoring(labelled, chosen)] == ["generate", "classifier"]
     rows = [Encoded([1, 2, 3], [-100, 4, 5, 6, 7], 3), Encoded([1, 2, 3, 4], [-100, 4], 4)]  # seq2seq: decoder targets, encoder inputs
-    assert CAUSAL_LM.batch_lengths(rows) == (4, 0) and SEQ2SEQ.batch_lengths(rows) == (5, 4)
+    # the padded widths collate makes: the longest row rounded up to a multiple of 8 (batching.PAD_MULTIPLE)
+    assert CAUSAL_LM.batch_lengths(rows) == (8, 0) and SEQ2SEQ.batch_lengths(rows) == (8, 8)
+    long = [Encoded(list(range(9)), [-100] * 17, 9)]
+    assert CAUSAL_LM.batch_lengths(long) == (16, 0) and SEQ2SEQ.batch_lengths(long) == (24, 16)
 
 
 @pytest.mark.parametrize("name", ["seq_cls", "seq2seq"])

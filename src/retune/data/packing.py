@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from retune.data.batching import padded_width
 from retune.data.templates import Encoded
 
 
@@ -45,7 +46,7 @@ def pack(lengths: list[int], width: int) -> list[list[int]]:
 
 def collate_packed(rows: list[list[Encoded]], pad_id: int) -> dict[str, torch.Tensor]:
     """Rows of examples as one packed micro-batch (layout above), padded on the right to its longest row."""
-    width = max(sum(len(e.input_ids) for e in row) for row in rows)
+    width = padded_width(max(sum(len(e.input_ids) for e in row) for row in rows))
     shape = (len(rows), width)
     ids = torch.full(shape, pad_id, dtype=torch.long)
     labels = torch.full(shape, -100, dtype=torch.long)
@@ -94,11 +95,11 @@ def packed_micro_batches(examples: list[Encoded], width: int, batch_size: int, p
     x the longest example: packing never needs more activation memory than padding (what `retune plan`
     predicts), and with grad_accum > 1 it runs fewer, fuller micro-batches."""
     lengths = [len(e.input_ids) for e in examples]
-    budget = batch_size * max(lengths)
+    budget = batch_size * padded_width(max(lengths))
     rows = sorted(pack(lengths, width), key=lambda row: -sum(lengths[i] for i in row))
     groups: list[list[list[int]]] = []
     for row in rows:  # longest first: a group's first row is its widest
-        area = (len(groups[-1]) + 1) * sum(lengths[i] for i in groups[-1][0]) if groups else budget + 1
+        area = (len(groups[-1]) + 1) * padded_width(sum(lengths[i] for i in groups[-1][0])) if groups else budget + 1
         if area <= budget:
             groups[-1].append(row)
         else:

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import torch
 import torch.nn.functional as F
 
+from retune.data.batching import padded_width
 from retune.data.templates import Encoded, Formatter, render
 from retune.errors import UsageError
 
@@ -70,7 +71,7 @@ class TaskType:
 
     def batch_lengths(self, examples: list[Encoded]) -> tuple[int, int]:
         """(padded sequence length, padded encoder length or 0) of a micro-batch: what its activations scale with."""
-        return max(len(e.input_ids) for e in examples), 0
+        return padded_width(max(len(e.input_ids) for e in examples)), 0
 
     # ------------------------------------------------------------ loss
 
@@ -229,7 +230,7 @@ class Seq2Seq(TaskType):
         return Encoded(ids, [-100, *target], len(ids))
 
     def batch_lengths(self, examples: list[Encoded]) -> tuple[int, int]:
-        return max(len(e.labels) for e in examples), max(len(e.input_ids) for e in examples)
+        return padded_width(max(len(e.labels) for e in examples)), padded_width(max(len(e.input_ids) for e in examples))
 
     def token_nll(self, model: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         target = batch["labels"][:, 1:].contiguous()  # (B, L): decoder labels; T5 shifts them right into its decoder input

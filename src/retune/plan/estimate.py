@@ -66,6 +66,9 @@ ALLOC_OVERHEAD_TCMALLOC = 1.0
 # loading and scoring minus runtime and weights in the same SmolLM2 runs: full fine-tuning keeps
 # the mapped bf16 checkpoint besides the fp32 copy (1.5), a bf16 base is the mapping itself (0.1),
 # bitsandbytes quantisation leaves temporaries that models/load.py hands back (malloc_trim): 0.6.
+# A frozen base converted on loading (all-MiniLM-L6-v2's fp32 checkpoint as bf16) keeps the whole
+# file mapped besides its bf16 copy: 1.0 (classify-minilm: 134 MB above the data phase for 91 MB of
+# checkpoint and 45 MB of weights).
 LOAD_RESIDENT = {"full": 1.5, "lora": 0.1, "qlora": 0.6}
 CE_CHUNK = 256  # models/loss.py CHUNK: rows of logits alive at once
 NF4_BYTES = 0.5 + 1 / 64 + 4 / (64 * 256)  # 4-bit codes + 8-bit absmax per 64 + fp32 per 256 blocks
@@ -338,7 +341,10 @@ def estimate(
 
     compile_mb = r.compile_mb if V >= 8192 and r.chunked_ce else 0.0
     ckpt = s.ckpt_bytes * (P - s.adapter)
-    loading = LOAD_RESIDENT["full" if method == "full" else ("qlora" if method == "qlora" else "lora")] * ckpt if r.load_resident else 0.0
+    resident = LOAD_RESIDENT["full" if method == "full" else ("qlora" if method == "qlora" else "lora")]
+    if method == "lora" and s.ckpt_bytes != r.frozen_bytes:
+        resident = 1.0  # converted on loading (an fp32 checkpoint into bf16): the read file's pages stay mapped
+    loading = resident * ckpt if r.load_resident else 0.0
     fixed = r.runtime_mb * MB + loading + weights + adapter + retention + teacher
     distill = _distill(cfg, s, b, r, method, jobs[1] if jobs else [])
     saved = act + logits + cast_cache + distill

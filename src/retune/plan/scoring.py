@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from retune.config import RetuneConfig
+from retune.data.batching import padded_width
 from retune.plan.shapes import Shape
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ class Job:
 
 
 def _longest(lengths: list[int]) -> int:
-    return max(lengths, default=0)
+    return padded_width(max(lengths, default=0)) if lengths else 0
 
 
 def task_jobs(cfg: RetuneConfig, prep: Prepared) -> list[Job]:
