@@ -113,7 +113,8 @@ def shape_from_config(config: Any, kind: str = "causal_lm", adapter: Any = None,
         params=sum(p.numel() for p in model.parameters()) - duplicate,
         quantisable=sum(m.weight.numel() for m in linears),
         head=0 if tied else head.weight.numel(),
-        ckpt_bytes=4 if "32" in str(getattr(c, "dtype", None) or "float32") else 2,  # no dtype in the config: saved before it was recorded, fp32
+        # a config without a dtype predates the field: its checkpoint was saved in fp32
+        ckpt_bytes=4 if "32" in str(getattr(c, "dtype", None) or "float32") else 2,
         dropout=any(float(getattr(c, k, 0) or 0) > 0 for k in ("dropout_rate", "hidden_dropout", "attention_dropout", "resid_pdrop")),
         adapter=trainable,
         adapted_in=adapted,
