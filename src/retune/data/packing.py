@@ -83,7 +83,7 @@ def micro_batches(
     if pack_to:
         packed = packed_micro_batches(examples, pack_to, batch_size, pad_id)
         slots = sum(b["input_ids"].numel() for b in packed)
-        padded_slots = sum(len(chunk) * max(len(e.input_ids) for e in chunk) for chunk in padded)
+        padded_slots = sum(len(chunk) * padded_width(max(len(e.input_ids) for e in chunk)) for chunk in padded)
         if len(packed) < len(padded) or slots <= 0.9 * padded_slots:
             return packed
     return [collate(chunk, pad_id) for chunk in padded]

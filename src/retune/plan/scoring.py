@@ -41,7 +41,8 @@ class Job:
 
 
 def _longest(lengths: list[int]) -> int:
-    return padded_width(max(lengths, default=0)) if lengths else 0
+    """The width collate pads a pass's longest row to."""
+    return padded_width(max(lengths, default=0))
 
 
 def task_jobs(cfg: RetuneConfig, prep: Prepared) -> list[Job]:
@@ -57,7 +58,8 @@ def task_jobs(cfg: RetuneConfig, prep: Prepared) -> list[Job]:
         rows = min(b, len(prompts))
         if mode == "generate":
             lengths = [len(fmt.tok(p, add_special_tokens=not fmt.chat).input_ids) for p in prompts]
-            out.append(Job(f"{task.name} generation", mode, rows, _longest(lengths), task.max_new_tokens or cfg.eval.max_new_tokens))
+            # the tokenizer pads generation prompts (evaluate/scoring.py::generate), not collate: no rounding
+            out.append(Job(f"{task.name} generation", mode, rows, max(lengths, default=0), task.max_new_tokens or cfg.eval.max_new_tokens))
         elif mode in ("likelihood", "cloze") and prompts:
             if mode == "cloze" and task.choices:
                 options = [sum(len(_resp_ids(fmt, " " + str(r[c]))) for c in task.choices) for r in task.test]
