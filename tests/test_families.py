@@ -291,3 +291,24 @@ def test_packing_is_exact_in_every_family(family):
         padded = SFT.loss(model, collate(examples, 0), 1.0)[0].item()
         packed = sum(SFT.loss(model, b, 1.0)[0].item() for b in packed_micro_batches(examples, 64, 8, 0))
     assert packed == pytest.approx(padded, rel=1e-5)
+
+
+def test_frozen_head_sees_a_contiguous_input(family):
+    """Generation's prefill slices the last position (a strided view); a frozen head over it must get a
+    contiguous copy (torch otherwise expands its weight once per row: 905 MB per prefill on SmolLM2),
+    and the last position's logits stay those of the whole-sequence forward."""
+    import torch
+
+    from retune.config import validate
+    from retune.models.load import load_base
+
+    _, folder = family
+    model = load_base(validate({"model": {"base": str(folder), "dtype": "fp32"}}), str(folder)).eval().requires_grad_(False)
+    seen: list[bool] = []
+    model.get_output_embeddings().register_forward_pre_hook(lambda m, args: seen.append(args[0].is_contiguous()))
+    ids = torch.randint(5, 300, (3, 12))
+    with torch.no_grad():
+        whole = model(input_ids=ids).logits[:, -1]
+        last = model(input_ids=ids, logits_to_keep=1).logits[:, -1]
+    assert seen == [True, True]
+    torch.testing.assert_close(last, whole, rtol=1e-5, atol=1e-5)

@@ -51,7 +51,8 @@ def test_every_phase_is_planned_and_the_peak_is_their_maximum(cfg):
 
 def test_scoring_passes_cost_what_they_hold(cfg):
     """fp32 likelihoods cast a bf16 base (+4 bytes a weight); longer generations hold a larger KV cache;
-    an unmerged adapter's prefill keeps every position's logits."""
+    a prefill through an unmerged adapter holds the last position's logits only (models/load.py's
+    contiguous head input), not every position's."""
     c = _with(cfg, model={"dtype": "bf16"})
     shape, batch, rules = plan.model_shape(c), plan.Batch(4, 64, 8), plan.Rules()
     like = ([Job("t", "likelihood", 8, 40)], [])
@@ -63,7 +64,8 @@ def test_scoring_passes_cost_what_they_hold(cfg):
     live = plan.Rules(load_resident=False)  # live bytes (no malloc keeping training's memory)
     gens = [plan.estimate(c, shape, batch, live, ([Job("g", "generate", 8, 40, n)], [])) for n in (8, 64)]
     assert gens[0].phases["tuned_eval"] < gens[1].phases["tuned_eval"]
-    assert gens[0].phases["tuned_eval"] - gens[0].phases["base_eval"] >= 8 * 40 * shape.vocab * 4 / 2**20 * 0.99
+    every_position = 8 * 40 * shape.vocab * 4 / 2**20
+    assert 0 <= gens[0].phases["tuned_eval"] - gens[0].phases["base_eval"] < every_position
 
 
 def test_train_prints_and_records_the_plan_and_each_phase(tiny_model, tiny_data, tmp_path, capsys):

@@ -132,7 +132,29 @@ def load_base(cfg: RetuneConfig, path: str | None = None, trainable_full: bool =
         allocator.release()  # quantising while loading freed each full-precision weight after use (~650 MB on SmolLM2)
     if getattr(model, "generation_config", None) is not None and model.generation_config.pad_token_id is None:
         model.generation_config.pad_token_id = model.config.eos_token_id
+    contiguous_head_input(model)
     return model
+
+
+def contiguous_head_input(model: Model) -> None:
+    """Give the LM head a contiguous input.
+
+    Generation's prefill computes logits only for the last position: transformers slices the hidden
+    states (`hidden[:, -1:, :]`, a strided view). torch's matmul folds a 3-D input into one 2-D matmul
+    only if its strides allow a view, or if the weight needs a gradient; a frozen head (any adapter
+    run, or scoring) over that slice goes to a batched matmul with the weight expanded and copied once
+    per row: 16 x 49,152 x 576 bf16 = 905 MB per prefill on SmolLM2, and half the forward's time
+    (measured: a no-grad forward of 16 x 106 tokens through the LoRA model, 1.2 s and +900 MB of RSS
+    on tcmalloc; with the copy of a 16 x 576 input, 0.6 s and +40 MB)."""
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if isinstance(head, torch.nn.Linear):
+        head.register_forward_pre_hook(_contiguous_first)
+
+
+def _contiguous_first(module: torch.nn.Module, args: tuple) -> tuple | None:
+    if args and isinstance(args[0], torch.Tensor) and not args[0].is_contiguous():
+        return (args[0].contiguous(), *args[1:])
+    return None
 
 
 def detach_from_checkpoint(model: Model) -> None:

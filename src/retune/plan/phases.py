@@ -82,7 +82,7 @@ def run_phases(
         # the malloc keeps what training freed (RSS stays near its peak on the CPU); a block larger than
         # those pieces (a generation's prefill logits) is new memory on top
         own = scoring(jobs, base, fan_in, residue)
-        block = max((largest_block(s, j, fan_in) for j in jobs), default=0.0)
+        block = max((largest_block(s, j) for j in jobs), default=0.0)
         return max(own, phases["train"] + block) if res.cpu else own
 
     if retained and cfg.trainer.eval_every:

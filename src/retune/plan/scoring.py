@@ -4,8 +4,8 @@ every scoring path sorts by length).
 
 Counted for a causal LM without gradients (evaluate/scoring.py): one decoder layer's temporaries at a
 time plus the residual stream, eager attention's (B, heads, T, T) scores and probabilities, the head's
-logits (CE_CHUNK rows at a time for a loss, one row per prompt for single-token labels, every
-position of a generation's prefill), and for generation the KV cache of every layer at prompt + new
+logits (CE_CHUNK rows at a time for a loss, one row per prompt for single-token labels and for a
+generation's prefill: models/load.py::contiguous_head_input), and for generation the KV cache of every layer at prompt + new
 tokens. An unmerged adapter (LoRA at base and tuned scoring) adds each adapted linear's fp32 copy of
 its input. Likelihoods in fp32 (eval.likelihood_fp32) cast a bf16 base to fp32 for their duration.
 """
@@ -114,7 +114,7 @@ def job_bytes(s: Shape, job: Job, act: int, eager: bool, adapter_fan_in: int = 0
     scores = job.rows * job.tokens * T * ((4 + act) * s.heads + 4) if eager else 0  # scores, probabilities, mask
     if job.mode == "generate":
         cache = 2 * s.layers * job.rows * k * T * act
-        return layer + scores + cache + largest_block(s, job, adapter_fan_in)
+        return layer + scores + cache + largest_block(s, job)
     if job.mode == "likelihood":  # single-token labels: the last position's logits
         head = job.rows * V * (act + 8)
     else:  # a loss over every labelled position, CE_CHUNK rows of logits at a time
@@ -122,10 +122,10 @@ def job_bytes(s: Shape, job: Job, act: int, eager: bool, adapter_fan_in: int = 0
     return layer + scores + head
 
 
-def largest_block(s: Shape, job: Job, adapter_fan_in: int = 0) -> float:
-    """The largest single tensor of a pass: a generation's prefill logits (every position's through an
-    unmerged adapter: +582 MB for 16 x ~190 tokens on SmolLM2 with LoRA, +5 MB without; the last
-    position's on the bare model), else one chunk of fp32 logits."""
+def largest_block(s: Shape, job: Job) -> float:
+    """The largest single tensor of a pass: a generation's last-position logits in fp32, else one chunk
+    of fp32 logits. (Through a frozen head, before models/load.py::contiguous_head_input, the prefill
+    copied the head's weight once per row: +905 MB for 16 rows on SmolLM2.)"""
     if job.mode == "generate":
-        return (job.rows * job.tokens if adapter_fan_in else job.rows) * s.vocab * 4
+        return job.rows * s.vocab * 4
     return min(job.rows * max(job.tokens, 1), CE_CHUNK) * s.vocab * 4
