@@ -225,7 +225,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--only", nargs="*", help="run only these configurations")
     ap.add_argument("--json", help="write the table here")
-    ap.add_argument("--rescore", help="recompute the predictions for the measurements in this JSON (no runs)")
+    ap.add_argument("--rescore", help="recompute the predictions for the measurements in this JSON (no runs; --examples JSONs too)")
     ap.add_argument("--examples", nargs="*", help="whole runs: these configs through `retune train`, plan vs measured by phase")
     ap.add_argument("--set", action="append", default=[], help="--examples: an override for every config (a reduced size)")
     ap.add_argument("--child", help=argparse.SUPPRESS)
@@ -244,9 +244,13 @@ def main() -> None:
     def report(row: dict) -> dict:
         plan = estimate(load_config(row["config"], row["overrides"]))
         err = 100 * (plan.peak_mb - row["measured_mb"]) / row["measured_mb"]
-        row |= {"predicted_mb": round(plan.peak_mb), "error_pct": round(err, 1), "plan": plan.to_dict()}
-        pred, got = plan.peak_mb, row["measured_mb"]
-        print(f"{row['name']:28} predicted {pred:6.0f} MB  measured {got:6.0f} MB  error {err:+6.1f}%  (peak: {plan.phase})", flush=True)
+        row |= {"predicted_mb": round(plan.peak_mb, 1), "error_pct": round(err, 1)}
+        if "measured_phases_mb" in row:  # a whole run (--examples): the plan by phase beside the run's own
+            row |= {"plan_phase": plan.phase, "plan_phases_mb": {k: round(v, 1) for k, v in plan.phases.items()}}
+        else:
+            row["plan"] = plan.to_dict()
+        pred, got, name = plan.peak_mb, row["measured_mb"], row.get("name") or Path(row["config"]).name
+        print(f"{name:28} predicted {pred:6.0f} MB  measured {got:6.0f} MB  error {err:+6.1f}%  (peak: {plan.phase})", flush=True)
         return row
 
     if args.rescore:

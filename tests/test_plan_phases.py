@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import resource
 import time
@@ -66,6 +67,19 @@ def test_scoring_passes_cost_what_they_hold(cfg):
     assert gens[0].phases["tuned_eval"] < gens[1].phases["tuned_eval"]
     every_position = 8 * 40 * shape.vocab * 4 / 2**20
     assert 0 <= gens[0].phases["tuned_eval"] - gens[0].phases["base_eval"] < every_position
+
+
+def test_generations_before_training_stay_on_the_cpu(cfg):
+    """On the CPU a base-scoring generation leaves its blocks (the malloc keeps them): training and the
+    retained phase sit on top of them; a GPU allocator's live bytes do not carry them."""
+    c = _with(cfg, model={"dtype": "bf16"}, eval={"likelihood_fp32": False})
+    shape, batch = plan.model_shape(c), plan.Batch(4, 64, 8)
+    jobs = ([Job("answers", "generate", 8, 40, 32)], [Job("probe", "nll", 8, 40)])
+    none = ([Job("answers", "likelihood", 8, 40)], jobs[1])
+    for rules, carried in ((plan.Rules(), True), (plan.Rules(load_resident=False), False)):
+        gen, like = plan.estimate(c, shape, batch, rules, jobs), plan.estimate(c, shape, batch, rules, none)
+        assert (gen.phases["train"] > like.phases["train"]) == carried
+        assert (gen.phases["retain_base"] > like.phases["retain_base"]) == carried
 
 
 def test_train_prints_and_records_the_plan_and_each_phase(tiny_model, tiny_data, tmp_path, capsys):
@@ -136,3 +150,34 @@ def test_a_search_is_planned_at_its_largest_trial(tiny_model, tiny_data, tmp_pat
     assert (trial.adapter.type, trial.trainer.batch_size) == ("full", 8)
     peaks = [plan.estimate(trial_config(base_raw(cfg), t)).peak_mb for t in trials]
     assert p.peak_mb == pytest.approx(max(peaks)) and "largest of 8 trials" in p.notes[0]
+
+
+def test_export_is_planned_as_its_own_last_phase(cfg, tmp_path, capsys):
+    """`retune plan --export TYPE`: the merge holds the checkpoint read and the fp32 merged model, the
+    conversion maps the merged file, whatever the type; prompt learning has no merged model and an
+    unknown type is not a type (one line, exit 2)."""
+    from typer.testing import CliRunner
+
+    from retune.cli import app
+    from retune.plan.export import EXPORT_RUNTIME_MB, export_mb, with_export
+
+    s = plan.model_shape(cfg)
+    weights = s.params - s.adapter
+    native = export_mb(cfg, s, "q8_0")
+    assert native == pytest.approx(EXPORT_RUNTIME_MB + (s.ckpt_bytes + 8) * weights / 2**20)
+    assert export_mb(cfg, s, "f16") == native  # the converted tensors reuse the merge's blocks
+    assert export_mb(cfg, s, "q4_k_m") == native  # llama.cpp maps its F32 input into what the writer freed
+    full = _with(cfg, adapter={"type": "full"})
+    assert export_mb(full, plan.model_shape(full), "q8_0") == pytest.approx(EXPORT_RUNTIME_MB + 12 * plan.model_shape(full).params / 2**20)
+    p = with_export(plan.estimate(cfg, s), cfg, s, "q8_0")
+    assert list(p.phases)[-1] == "export" and p.peak_mb == max(p.phases.values()) and p.phases[p.phase] == p.peak_mb
+
+    path = write_config(tmp_path / "c.yaml", cfg.model_dump(mode="json", exclude_none=True))
+    out = CliRunner().invoke(app, ["plan", str(path), "--export", "q8_0", "--json"])
+    assert out.exit_code == 0 and json.loads(out.stdout[out.stdout.index("{") :])["phases"]["export"] == pytest.approx(native, abs=0.1)
+    prefix = write_config(tmp_path / "p.yaml", {**cfg.model_dump(mode="json", exclude_none=True), "adapter": {"type": "prefix_tuning"}})
+    bad = CliRunner().invoke(app, ["plan", str(prefix), "--export", "q8_0"])
+    assert bad.exit_code == 2 and "virtual tokens" in bad.output and "Traceback" not in bad.output
+    if importlib.util.find_spec("llama_cpp") is not None:  # llama.cpp knows its types; without it the plan still plans
+        unknown = CliRunner().invoke(app, ["plan", str(path), "--export", "q3_zz"])
+        assert unknown.exit_code == 2 and "q3_zz" in unknown.output and "Traceback" not in unknown.output

@@ -132,7 +132,11 @@ def test_pruner_stops_a_hopeless_trial(tmp_path, tiny_model, tiny_data):
     assert not (Path(pruned["run_dir"]) / "adapter").exists()
 
 
-def test_a_failed_trial_is_data_and_the_study_goes_on(tmp_path, tiny_model, tiny_data):
+def test_a_failed_trial_is_data_and_the_study_goes_on(tmp_path, tiny_model, tiny_data, monkeypatch):
+    from retune import allocator
+
+    released: list[int] = []  # memory goes back to the OS after every trial, failed or not
+    monkeypatch.setattr(allocator, "release", lambda: released.append(1))
     missing = str(tmp_path / "no-such-model")  # a valid config whose trial cannot run
     space = {"model.base": {"choice": [missing, str(tiny_model)]}}
     cfg = load_config(_cfg(tmp_path, tiny_model, tiny_data, space, trials=2, prune=False))
@@ -144,6 +148,7 @@ def test_a_failed_trial_is_data_and_the_study_goes_on(tmp_path, tiny_model, tiny
     assert (failed["state"], done["state"]) == ("FAIL", "COMPLETE")
     assert failed["reason"].startswith("UsageError: ") and "no-such-model" in failed["reason"]
     assert report["best"] == 1 and report["front"] == [1]
+    assert len(released) == 2
 
 
 def test_a_trial_that_cannot_fit_the_budget_is_skipped(tmp_path, tiny_model, tiny_data):

@@ -326,6 +326,9 @@ def plan(
         str | None, typer.Option(help="Memory budget, e.g. 8GB or 512MB: does the run fit, else the cheapest change that does")
     ] = None,
     json_: Annotated[bool, typer.Option("--json", help="Print the plan as JSON on stdout")] = False,
+    export: Annotated[
+        str | None, typer.Option("--export", help="Also plan `retune export RUN --gguf TYPE` (its own process) as the last phase")
+    ] = None,
     set_: SetOpt = None,
 ) -> None:
     """Predict the run's peak memory (weights, gradients, optimizer, activations, ...) without loading weights."""
@@ -343,6 +346,10 @@ def plan(
     else:
         shape = planner.model_shape(cfg)
         result = planner.estimate(cfg, shape)
+    if export is not None:
+        from retune.plan.export import with_export
+
+        result = with_export(result, cfg, shape, export)
     if budget_mb is not None:
         planner.check_budget(cfg, result, budget_mb, shape)
     planner.print_plan(result, config)

@@ -10,7 +10,9 @@ leaves stays in the process for the rest of the run (SCORING_RESIDUE): the cast 
 tensors besides the checkpoint's mapping, and the malloc keeps the freed fp32 blocks; a later fp32
 pass reuses them, the training step's tensors (other sizes) do not, and training over many steps of
 changing shapes grows above its live tensors (TRAIN_AFTER_FP32). Measured on the quickstart
-(benchmarks/results/plan.md).
+(benchmarks/results/plan.md). A generation pass leaves its blocks too (GENERATION_LEFT): each decoding
+step grows the KV cache by one position, so the malloc ends up holding blocks of sizes nothing later
+asks for; a later phase adds its own bytes on top, except what fits in an fp32 round trip's blocks.
 """
 
 from __future__ import annotations
@@ -30,6 +32,13 @@ SCORING_RESIDUE = 1.0
 # RSS after base scoring, against 660 MB of live training tensors: 1.5 x the fp32 size in all, fitted
 # on that one run; the 400-step quickstart and the multitask example are the out-of-sample checks.
 TRAIN_AFTER_FP32 = 1.5
+# What a generation pass before training leaves resident, in units of the pass's own bytes: measured
+# on the grpo-sentiment example's base model (tcmalloc, weights paged in first): rotten-tomatoes'
+# answers alone +131 MB, debian-descriptions' summaries after them +211 MB more (alone: +244 MB),
+# and the whole run held the sum into training. Where an fp32 likelihood pass came first, generation
+# takes the blocks its round trip freed instead (the preference example: +58 MB at retain_base);
+# benchmarks/results/plan.md, session 6.
+GENERATION_LEFT = 1.0
 
 
 @dataclass
@@ -63,17 +72,25 @@ def run_phases(
     def scoring(jobs: list[Job], base: float, fan: int, carried: float) -> float:
         return base + max((_pass(s, j, cfg, res, eager, fan, carried) for j in jobs), default=carried)
 
+    def generation_left(jobs: list[Job]) -> float:
+        gen = [_pass(s, j, cfg, res, eager, 0, 0.0) for j in jobs if j.mode == "generate"]
+        return GENERATION_LEFT * sum(gen) if res.cpu else 0.0
+
     phases = {"load": res.load}
+    gen = 0.0  # what base scoring's generations leave (CPU), in the fp32 residue's freed blocks first
     if cfg.eval.before and tasks:
         phases["base_eval"] = scoring(tasks, res.fixed, 0, 0.0)
+        gen = generation_left(tasks)
     after = residue if cfg.eval.before else 0.0
     if retained:
-        phases["retain_base"] = scoring(retained, res.fixed, 0, after)
+        phases["retain_base"] = scoring(retained, res.fixed + max(gen - after, 0.0), 0, after)
         after = residue
+        gen += generation_left(retained)
+    left = max(gen - after, 0.0)
     if any(getattr(o, "type", "sft") != "sft" for o in stage_types(cfg)) and tasks:
         ref = Job("reference log-probabilities", "nll", cfg.eval.batch_size, cfg.data.max_length)
         phases["reference"] = scoring([ref], res.fixed, fan_in, after)
-    phases["train"] = res.train + after * TRAIN_AFTER_FP32 / SCORING_RESIDUE
+    phases["train"] = res.train + after * TRAIN_AFTER_FP32 / SCORING_RESIDUE + left
     if rollout is not None:  # grpo samples before each step; on the CPU the malloc keeps what it held
         sampled = _pass(s, rollout, cfg, res, eager, fan_in, 0.0)
         phases["train"] = phases["train"] + sampled if res.cpu else max(phases["train"], res.fixed + res.optimizer + sampled)

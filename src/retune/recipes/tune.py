@@ -50,6 +50,7 @@ def run(
         if trial is None:
             break
         run_trial(study, trial, raw, cfg, folder, train, budget_mb)
+        free_trial_memory()
         report = rep.summarise(study, tune.objectives, url)
         console.print(f"[bold]tune: {len(counted(study))}/{tune.trials} trials: {rep.counts(report)}")
     report = rep.summarise(study, tune.objectives, url)
@@ -95,6 +96,20 @@ def run_trial(study: Any, trial: Any, raw: dict, cfg: RetuneConfig, folder: Path
         trial.set_user_attr("excess", over)
         trial.set_user_attr("feasible", over is None or over <= 0)
         study.tell(trial, [out[o] for o in cfg.tune.objectives])
+
+
+def free_trial_memory() -> None:
+    """Trials run one after another in this process. What the last one held is garbage once it ends
+    (models sit in reference cycles until collected), but the malloc keeps the freed blocks, and the
+    next trial's tensors (another method, rank or length) do not fit them all: on examples/tune.yaml
+    the process started each trial from 4.6 GB after its full fine-tuning trials and peaked at 5.0 GB,
+    against 4.0 GB for one full trial alone. So the search hands that memory back between trials."""
+    import gc
+
+    from retune import allocator
+
+    gc.collect()
+    allocator.release()
 
 
 def _end(study: Any, trial: Any, run_dir: Path, state: Any, reason: str) -> None:
