@@ -152,8 +152,9 @@ def test_a_search_is_planned_at_its_largest_trial(tiny_model, tiny_data, tmp_pat
     assert p.peak_mb == pytest.approx(max(peaks)) and "largest of 8 trials" in p.notes[0]
 
 
-def test_export_is_planned_as_its_own_last_phase(cfg, tmp_path, capsys):
-    """`retune plan --export TYPE`: the merge holds the checkpoint read and the fp32 merged model, the
+def test_export_and_eval_are_planned_as_their_own_processes(cfg, tmp_path, capsys):
+    """`retune plan --eval` keeps what `retune eval` runs (loading and the base's scoring). `--export TYPE`:
+    the merge holds the checkpoint read and the fp32 merged model, the
     conversion maps the merged file, whatever the type; prompt learning has no merged model and an
     unknown type is not a type (one line, exit 2)."""
     from typer.testing import CliRunner
@@ -178,6 +179,9 @@ def test_export_is_planned_as_its_own_last_phase(cfg, tmp_path, capsys):
     prefix = write_config(tmp_path / "p.yaml", {**cfg.model_dump(mode="json", exclude_none=True), "adapter": {"type": "prefix_tuning"}})
     bad = CliRunner().invoke(app, ["plan", str(prefix), "--export", "q8_0"])
     assert bad.exit_code == 2 and "virtual tokens" in bad.output and "Traceback" not in bad.output
+    ev = json.loads((r := CliRunner().invoke(app, ["plan", str(path), "--eval", "--json"])).stdout[r.stdout.index("{") :])
+    assert set(ev["phases"]) == {"load", "base_eval", "retain_base"} & set(p.phases)  # `retune eval`: no training
+    assert ev["peak_mb"] == pytest.approx(max(p.phases[k] for k in ev["phases"]), abs=0.1)
     if importlib.util.find_spec("llama_cpp") is not None:  # llama.cpp knows its types; without it the plan still plans
         unknown = CliRunner().invoke(app, ["plan", str(path), "--export", "q3_zz"])
         assert unknown.exit_code == 2 and "q3_zz" in unknown.output and "Traceback" not in unknown.output

@@ -329,6 +329,9 @@ def plan(
     export: Annotated[
         str | None, typer.Option("--export", help="Also plan `retune export RUN --gguf TYPE` (its own process) as the last phase")
     ] = None,
+    evaluation: Annotated[
+        bool, typer.Option("--eval", help="Plan `retune eval CONFIG` instead: loading and the base model's scoring")
+    ] = False,
     set_: SetOpt = None,
 ) -> None:
     """Predict the run's peak memory (weights, gradients, optimizer, activations, ...) without loading weights."""
@@ -346,6 +349,8 @@ def plan(
     else:
         shape = planner.model_shape(cfg)
         result = planner.estimate(cfg, shape)
+    if evaluation:
+        result = result.evaluation_only()
     if export is not None:
         from retune.plan.export import with_export
 

@@ -22,7 +22,7 @@ coefficients are counts of the tensors autograd saves (checked with saved_tensor
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from retune import allocator
@@ -127,6 +127,12 @@ class Plan:
     fits: bool | None = None
     suggestion: str | None = None
     suggested_peak_mb: float | None = None
+
+    def evaluation_only(self) -> Plan:
+        """What `retune eval CONFIG` runs: loading and the base model's scoring, no training."""
+        phases = {k: v for k, v in self.phases.items() if k in ("load", "base_eval", "retain_base")}
+        phase = max(phases, key=lambda name: phases[name])
+        return replace(self, phases=phases, phase=phase, peak_mb=phases[phase])
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -109,17 +109,19 @@ def job_bytes(s: Shape, job: Job, act: int, eager: bool, adapter_fan_in: int = 0
     a, k = s.heads * s.head_dim, s.kv_heads * s.head_dim
     T = job.tokens + job.new_tokens
     n = job.rows * job.tokens  # tokens of one forward (a generation's prefill)
-    layer = n * (4 * h * 4 + (a + 2 * k) * act * 2 + 3 * i * act)  # residual + fp32 norm, q/k/v + rotary, MLP
-    layer += n * adapter_fan_in * (4 + act)  # peft casts each adapted linear's input to the adapter's fp32
+    residual = n * 4 * h * 4  # the residual stream and the fp32 norm around it
     scores = job.rows * job.tokens * T * ((4 + act) * s.heads + 4) if eager else 0  # scores, probabilities, mask
+    attention = n * (a + 2 * k) * act * 2 + scores  # q/k/v + rotary, then the attention's own tensors
+    mlp = n * 3 * i * act  # freed before the MLP runs, so a layer holds the larger of the two
+    layer = residual + max(attention, mlp) + n * adapter_fan_in * (4 + act)  # peft: the adapter's fp32 input copy
     if job.mode == "generate":
         cache = 2 * s.layers * job.rows * k * T * act
-        return layer + scores + cache + largest_block(s, job)
+        return layer + cache + largest_block(s, job)
     if job.mode == "likelihood":  # single-token labels: the last position's logits
         head = job.rows * V * (act + 8)
     else:  # a loss over every labelled position, CE_CHUNK rows of logits at a time
         head = min(n, CE_CHUNK) * V * (act + 8) + n * h * act
-    return layer + scores + head
+    return layer + head
 
 
 def largest_block(s: Shape, job: Job) -> float:
