@@ -144,8 +144,8 @@ def contiguous_head_input(model: Model) -> None:
     only if its strides allow a view, or if the weight needs a gradient; a frozen head (any adapter
     run, or scoring) over that slice goes to a batched matmul with the weight expanded and copied once
     per row: 16 x 49,152 x 576 bf16 = 905 MB per prefill on SmolLM2, and half the forward's time
-    (measured: a no-grad forward of 16 x 106 tokens through the LoRA model, 1.2 s and +900 MB of RSS
-    on tcmalloc; with the copy of a 16 x 576 input, 0.6 s and +40 MB)."""
+    (measured: a no-grad forward of 16 x 106 tokens through the LoRA model, 1.2 s and +920 MB of RSS
+    on tcmalloc; with the copy of a 16 x 576 input, 1.07 s and +82 MB)."""
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if isinstance(head, torch.nn.Linear):
         head.register_forward_pre_hook(_contiguous_first)

@@ -128,11 +128,14 @@ class Plan:
     suggestion: str | None = None
     suggested_peak_mb: float | None = None
 
-    def evaluation_only(self) -> Plan:
-        """What `retune eval CONFIG` runs: loading and the base model's scoring, no training."""
-        phases = {k: v for k, v in self.phases.items() if k in ("load", "base_eval", "retain_base")}
+    def with_phases(self, phases: dict[str, float]) -> Plan:
+        """This plan over other phases (MB each), with the peak and the phase that sets it."""
         phase = max(phases, key=lambda name: phases[name])
         return replace(self, phases=phases, phase=phase, peak_mb=phases[phase])
+
+    def evaluation_only(self) -> Plan:
+        """What `retune eval CONFIG` runs: loading and the base model's scoring, no training."""
+        return self.with_phases({k: v for k, v in self.phases.items() if k in ("load", "base_eval", "retain_base")})
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

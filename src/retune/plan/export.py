@@ -16,7 +16,6 @@ benchmarks/results/plan.md, session 6):
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import replace
 
 from retune.config import RetuneConfig
 from retune.config.sections import PROMPT_LEARNING
@@ -45,6 +44,4 @@ def export_mb(cfg: RetuneConfig, s: Shape, qtype: str) -> float:
 
 def with_export(plan: Plan, cfg: RetuneConfig, s: Shape, qtype: str) -> Plan:
     """The plan with the export as its last phase (and the peak, if the export sets it)."""
-    phases = {**plan.phases, "export": export_mb(cfg, s, qtype)}
-    phase = max(phases, key=lambda name: phases[name])
-    return replace(plan, phases=phases, phase=phase, peak_mb=phases[phase])
+    return plan.with_phases({**plan.phases, "export": export_mb(cfg, s, qtype)})

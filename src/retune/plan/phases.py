@@ -73,8 +73,8 @@ def run_phases(
         return base + max((_pass(s, j, cfg, res, eager, fan, carried) for j in jobs), default=carried)
 
     def generation_left(jobs: list[Job]) -> float:
-        gen = [_pass(s, j, cfg, res, eager, 0, 0.0) for j in jobs if j.mode == "generate"]
-        return GENERATION_LEFT * sum(gen) if res.cpu else 0.0
+        passes = [_pass(s, j, cfg, res, eager, 0, 0.0) for j in jobs if j.mode == "generate"]
+        return GENERATION_LEFT * sum(passes) if res.cpu else 0.0
 
     phases = {"load": res.load}
     gen = 0.0  # what base scoring's generations leave (CPU), in the fp32 residue's freed blocks first

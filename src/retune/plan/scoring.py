@@ -5,8 +5,8 @@ every scoring path sorts by length).
 Counted for a causal LM without gradients (evaluate/scoring.py): one decoder layer's temporaries at a
 time plus the residual stream, eager attention's (B, heads, T, T) scores and probabilities, the head's
 logits (CE_CHUNK rows at a time for a loss, one row per prompt for single-token labels and for a
-generation's prefill: models/load.py::contiguous_head_input), and for generation the KV cache of every layer at prompt + new
-tokens. An unmerged adapter (LoRA at base and tuned scoring) adds each adapted linear's fp32 copy of
+generation's prefill: models/load.py::contiguous_head_input), and for generation the KV cache of
+every layer at prompt + new tokens. An unmerged adapter (LoRA at base and tuned scoring) adds each adapted linear's fp32 copy of
 its input. Likelihoods in fp32 (eval.likelihood_fp32) cast a bf16 base to fp32 for their duration.
 """
 
