@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import os
 import random
+import tempfile
 from pathlib import Path
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # an accidental hub call fails fast
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# base-model scores kept across runs (eval.base_cache): this session's own store, never the user's; each
+# test gets its own below (session-scoped fixtures run before it and share this one)
+os.environ["RETUNE_BASE_CACHE"] = tempfile.mkdtemp(prefix="retune-base-scores-")
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
@@ -71,6 +75,13 @@ def build_tiny_model(folder: Path) -> Path:
     model.save_pretrained(folder)
     fast.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(autouse=True)
+def own_base_cache(tmp_path, monkeypatch) -> None:
+    """Each test its own store of base-model scores (eval.base_cache), for itself and its subprocesses:
+    no test reads another's."""
+    monkeypatch.setenv("RETUNE_BASE_CACHE", str(tmp_path / "base-scores"))
 
 
 @pytest.fixture(scope="session")

@@ -141,6 +141,48 @@ def test_label_scoring_runs_a_shared_prompt_start_once(tiny_model, monkeypatch, 
     assert torch.allclose(shared, full, atol=1e-5), (shared - full).abs().max()
 
 
+@pytest.mark.parametrize(("attention", "lora"), [("sdpa", False), ("eager", True), ("retune_eager", True)])
+def test_validation_nll_runs_a_shared_prompt_start_once(tiny_model, monkeypatch, attention, lora):
+    """Validation examples that start alike: the shared unlabelled tokens run once per batch as a
+    key/value cache, up to the position that predicts the batch's first label; every example's NLL and
+    token count are the padded forward's (fp32, to 1e-5)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from retune.data.templates import Encoded
+    from retune.evaluate import scoring
+    from retune.models import lean
+
+    if attention == "retune_eager":
+        lean.register_attention()
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation=attention)
+    if lora:
+        model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    start = list(range(5, 17))
+
+    def ex(prompt, response):
+        return Encoded(prompt + response, [-100] * len(prompt) + response, len(prompt))
+
+    # sorted by length in batches of 3: the first shares 12 tokens and its earliest label sits at index 12,
+    # so 11 run shared (position 11 predicts that label); the second shares 10, its earliest label at 10:
+    # 9; the last batch shares nothing
+    examples = [ex(start, [30]), ex(start, [40, 41]), ex(start + [50], [51, 52])]
+    examples += [ex(start[:10], [60] * 7), ex(start, [70] * 6), ex(start + [80] * 6, [81])]
+    examples += [ex([3, 4, 5] * 8, [9]), ex([6] * 25, [7])]
+    taken = []
+    shared_path = scoring._nll_shared
+    monkeypatch.setattr(scoring, "_nll_shared", lambda path, e, n, pad: taken.append(n) or shared_path(path, e, n, pad))
+    shared = scoring.example_nlls(model, examples, 0, 3, _no_autocast)
+    totals = scoring.nll_totals(model, examples, 0, 3, _no_autocast)
+    assert taken == [11, 9, 11, 9]
+    monkeypatch.setattr(scoring, "MIN_SHARED_PREFIX", 10**9)
+    full = scoring.example_nlls(model, examples, 0, 3, _no_autocast)
+    assert shared[1] == full[1] == [len(e.labels) - e.prompt_len for e in examples]
+    assert torch.allclose(torch.tensor(shared[0]), torch.tensor(full[0]), atol=1e-5)
+    assert totals[0] == pytest.approx(sum(full[0]), abs=1e-4) and totals[1] == sum(full[1])
+
+
 def test_common_prefix_leaves_each_prompt_a_token():
     from retune.evaluate.scoring import common_prefix_len
 

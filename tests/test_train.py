@@ -196,3 +196,82 @@ def test_every_score_has_its_interval_and_per_example_file(tmp_path, tiny_model,
     assert all(r["accuracy"] == float(r["prediction"] == r["reference"]) for r in rows)
     _, s2 = _train(tmp_path, tiny_model, tiny_data, name="ci2")
     assert len(s["tasks"]["train"]["data_sha256"]) == 64 and s["tasks"]["train"]["data_sha256"] == s2["tasks"]["train"]["data_sha256"]
+
+
+@pytest.mark.parametrize("multitask", [False, True], ids=["one-task", "two-tasks"])
+def test_tuned_scoring_reuses_the_last_evaluations_loss(tmp_path, tiny_model, tiny_data, monkeypatch, multitask):
+    """The loop evaluated the final weights at its last step: the tuned model's validation loss is that
+    evaluation's (no second pass), and equal to scoring it again."""
+    from helpers import read_metrics
+    from retune.evaluate import scoring
+    from retune.session.known import KnownLosses
+
+    calls = []
+    real = scoring.mean_nll
+    monkeypatch.setattr(scoring, "mean_nll", lambda *a, **k: calls.append(1) or real(*a, **k))
+    cfg = tiny_config(tiny_model, tiny_data, tmp_path / "runs", trainer={"max_steps": 4, "eval_every": 2})
+    if multitask:
+        task = {"train": str(tiny_data["train"]), "test": str(tiny_data["test"]), "labels": ["negative", "positive"]}
+        task["template"] = {"prompt": "Review: {text}\nSentiment?", "response": "{label}"}
+        cfg["data"] = {"tasks": [{"name": n, **task} for n in "ab"], "max_length": 64}
+    run_dir, s = train(str(write_config(tmp_path / "a.yaml", cfg)))
+    tasks = sorted(s["final"])
+    assert len(calls) == len(tasks)  # the base model's, per task; none for the tuned model
+    last = [r for r in read_metrics(run_dir) if "val_loss" in r][-1]
+    logged = [last["val_loss"]] if len(tasks) == 1 else [last[f"val_loss/{t}"] for t in tasks]
+    assert [s["final"][t]["val_loss"] for t in tasks] == logged
+    monkeypatch.setattr(KnownLosses, "of", lambda self, model: {})
+    _, again = train(str(write_config(tmp_path / "b.yaml", {**cfg, "output": {"dir": str(tmp_path / "runs2")}})))
+    assert len(calls) == 2 * len(tasks)  # the tuned model's only: the base scores came from the first run (eval.base_cache)
+    for t in tasks:
+        assert again["final"][t]["val_loss"] == pytest.approx(s["final"][t]["val_loss"], rel=1e-5)
+
+
+def test_weights_fingerprint_follows_every_write(tiny_model):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from retune.session.known import fingerprint
+
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), LoraConfig(r=2, target_modules=["q_proj"]))
+    first = fingerprint(model)
+    assert fingerprint(model) == first
+    trainable = next(p for p in model.parameters() if p.requires_grad)
+    frozen = next(p for p in model.parameters() if not p.requires_grad)
+    with torch.no_grad():
+        trainable.add_(1e-3)
+        second = fingerprint(model)
+        assert second != first
+        frozen.mul_(1.0)  # an in-place write, even one that changes no value (a merge then unmerge)
+        assert fingerprint(model) != second
+
+
+def test_base_scores_are_reused_by_a_run_with_the_same_inputs(tmp_path, tiny_model, tiny_data, monkeypatch):
+    """eval.base_cache: a second run that differs only in how it trains copies the first run's base
+    scores (summary, per-example files, retention) instead of scoring again; other data, or
+    eval.base_cache: false, scores again."""
+    from helpers import read_metrics
+    from retune.session import Session
+
+    scored = []
+    real = Session.score
+    monkeypatch.setattr(Session, "score", lambda self, m, stage, key: scored.append(key) or real(self, m, stage, key))
+    repeat = {"train": str(tiny_data["test"]), "template": {"prompt": "Repeat: {text}", "response": "{text}"}, "max_new_tokens": 2}
+    retain = {"tasks": [repeat], "probe_samples": 4, "max_eval_samples": 6}
+
+    def run(name, **sections):
+        cfg = tiny_config(tiny_model, tiny_data, tmp_path / name, retain=retain, **sections)
+        return train(str(write_config(tmp_path / f"{name}.yaml", cfg)))
+
+    first, a = run("a")
+    second, b = run("b", trainer={"lr": 3e-3, "max_steps": 2})
+    assert scored == ["base", "tuned", "tuned"]
+    assert any(r.get("event") == "base_cache" for r in read_metrics(second))
+    assert b["base"] == a["base"] and b["retention"]["general-text"]["base"] == a["retention"]["general-text"]["base"]
+    for f in sorted((first / "scores").glob("*-base.jsonl")):
+        assert (second / "scores" / f.name).read_text() == f.read_text()
+    assert b["uncertainty"]["base"] == a["uncertainty"]["base"]
+    run("c", data={"max_eval_samples": 10})
+    run("d", eval={"base_cache": False})
+    assert scored == ["base", "tuned", "tuned", "base", "tuned", "base", "tuned"]

@@ -136,11 +136,17 @@ class EvalConfig(_Strict):
     """Examples per forward pass when scoring tasks (label likelihoods, generation, their validation
     loss): memory and speed, not the scores."""
     likelihood_fp32: bool = True
-    """Label likelihoods with fp32 weights and no autocast, whatever the training precision: the same
+    """Labels ranked as with fp32 weights and no autocast, whatever the training precision: the same
     predictions on every CPU / GPU kind (bf16 logits tie or nearly tie on many prompts, and each kernel
-    rounds them its own way). false: score in the training precision (faster, but kernel-dependent)."""
+    rounds them its own way). Every prompt is scored in the training precision with an fp32 head first;
+    those whose best two labels are within 0.25 nats are scored again in fp32. false: the training
+    precision only (faster, but kernel-dependent)."""
     before: bool = True
     """Score the base model before training (needed for the base-vs-tuned comparison)."""
+    base_cache: bool = True
+    """Reuse the base model's scores from an earlier run with the same base model, data, prompts,
+    scoring settings, retune code and kernels (a search's trials, a re-run), kept under the cache
+    directory (RETUNE_CACHE) in base-scores/. false: score the base model again."""
 
 
 class TrainerConfig(_Strict):

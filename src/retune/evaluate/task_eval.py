@@ -109,15 +109,24 @@ class TaskScores:
 
 
 def score_task(
-    model: Model, tok: Tokenizer, fmt: Formatter, task: TaskData, val_examples: list[Encoded], ev: EvalConfig, autocast: Autocast
+    model: Model,
+    tok: Tokenizer,
+    fmt: Formatter,
+    task: TaskData,
+    val_examples: list[Encoded],
+    ev: EvalConfig,
+    autocast: Autocast,
+    val_loss: float | None = None,
 ) -> TaskScores:
+    """The test set's metric and the validation loss (`val_loss` when it is already known for these
+    weights: session/known.py)."""
     pred = predict(model, tok, fmt, task, task.test, ev, autocast)
     each = metrics.per_example_scores(task.metric, pred.predictions, pred.references, records=task.test)
     if metrics.SENTENCE_LEVEL.isdisjoint(each):  # the metric is the mean of its examples: no second pass (sandbox, ROUGE)
         scores = {k: sum(v) / max(len(v), 1) for k, v in each.items()}
     else:  # corpus chrF / BLEU pool n-gram counts over the test set
         scores = metrics.compute(task.metric, pred.predictions, pred.references, records=task.test)
-    nll = scoring.mean_nll(model, val_examples, tok.pad_token_id, ev.batch_size, autocast)
+    nll = val_loss if val_loss is not None else scoring.mean_nll(model, val_examples, tok.pad_token_id, ev.batch_size, autocast)
     row = {**scores, "val_loss": nll, "perplexity": metrics.perplexity(nll), "n_test": len(task.test)}
     return TaskScores(row, each, pred)
 

@@ -48,6 +48,8 @@ from retune.objectives.base import curves
 from retune.retention import RetentionContext
 from retune.retention.base import Regularizer
 from retune.rundir import RunDir, check_output_dir
+from retune.session import base_cache
+from retune.session.known import KnownLosses
 from retune.session.memory import PhasePeaks
 from retune.session.prepare import Prepared, plan_mix, prepare_data
 from retune.session.retain import Retention
@@ -137,6 +139,8 @@ class Session:
     memory: PhasePeaks = field(default_factory=PhasePeaks)  # each phase's peak RSS
     plan: dict[str, Any] | None = None  # the planner's prediction (summary.json `plan`), set by the recipe
     labels: list[str] | None = None  # a seq_cls head's classes, as load_model had them
+    known: KnownLosses = field(default_factory=KnownLosses)  # the last evaluation's validation losses, with its weights
+    last_val_row: dict[str, Any] | None = None  # the loop's latest validation row
 
     # ---------------------------------------------------------------- set-up
 
@@ -210,6 +214,8 @@ class Session:
         if not dist.is_main() or self.run is None:
             return
         append_jsonl(self.run.metrics_path, {"time": round(time.time(), 3), **row})
+        if "val_loss" in row and "step" in row:
+            self.last_val_row = row
         if self.policy is not None:
             self.policy.observe(row)
         numeric = {k: v for k, v in row.items() if isinstance(v, (int, float)) and k != "step"}
@@ -227,11 +233,12 @@ class Session:
         if not dist.is_main():
             return {}
         out = {}
+        known = self.known.of(model)  # what the loop's last evaluation already measured on these weights
         for task, val in zip(prep.tasks, prep.task_val, strict=True):
             mode = scoring_mode(task, self.cfg.eval, model)
             console.print(f"scoring the {stage} on {task.name} ({len(task.test)} test examples, {task.metric}, {mode} scoring)")
             t0 = time.perf_counter()
-            scored = score_task(model, prep.tok, prep.fmt, task, val, self.cfg.eval, self.autocast)
+            scored = score_task(model, prep.tok, prep.fmt, task, val, self.cfg.eval, self.autocast, known.get(task.name))
             out[task.name] = scored.row
             if self.run is not None:
                 write_scores(self.run, key, task.name, scored)
@@ -251,6 +258,11 @@ class Session:
         (prefix/prompt tuning are not identity at init). Kept in the run directory, so a resumed run
         does not score it again."""
         assert self.run is not None
+        key = self.base_key() if self.cfg.eval.base_cache and dist.is_main() else None
+        fresh = not any((self.run.path / f).exists() for f in base_cache.FILES)  # not a resumed run's
+        if key is not None and fresh and base_cache.restore(self.run, key):
+            console.print("base model's scores: from an earlier run with the same inputs (eval.base_cache; false scores again)")
+            self.log({"event": "base_cache", "key": key})
         base = self.run.read_json("base_scores.json")
         if base is None and self.cfg.eval.before and dist.is_main():  # the other processes wait at the barrier
             base = self.score(model, "base model", "base")
@@ -263,12 +275,26 @@ class Session:
                 scored = self.retention.score_base(model, self.autocast)
             self.write_retained(scored, "base")
             self.run.write_json("base_retention.json", scored.to_json())
+        if key is not None and fresh:
+            base_cache.store(self.run, key)
         dist.barrier()
         if self.retention.rset and not dist.is_main() and (saved := self.run.read_json("base_retention.json")) is not None:
             self.retention.base = RetainedScores.from_json(saved)  # under FSDP every rank runs the retention gate
         return base or {}
 
     @phase("retain_tuned")
+    def base_key(self) -> str:
+        """base_cache's key for this run: the data as encoded (test records, validation examples, the
+        retained sets) on top of the config and the environment."""
+        prep = self.prep
+        assert prep is not None
+        inputs = {
+            "tasks": [data_hash(t) for t in prep.tasks],
+            "val": content_hash([[(e.input_ids, e.labels, e.weight) for e in v] for v in prep.task_val]),
+            "retained": self.retained_data(),
+        }
+        return base_cache.key(self.cfg, self.model_path, inputs)
+
     def score_retained(self, model: Model, key: str = "tuned") -> Scores:
         """summary.json `retention`: each retained task's base, final and change with its paired
         interval (rank 0); per-example scores go to scores/<task>-<key>.jsonl."""
@@ -361,7 +387,10 @@ class Session:
             hooks.on_step = lambda state, result: progress.update(step=state.step, loss=result.loss)
             hooks.on_end = progress.stop
         if tcfg.eval_every:
-            hooks.on_eval = self._eval_hook(ckpt_dir, log)
+            # the tuned model's scoring reuses the last evaluation's loss (an sft loss is the scoring's
+            # token NLL; a preference objective's loss is not); a sharded model is gathered into a copy
+            names = list(val) if isinstance(val, dict) and objective.name == "sft" and not dist.params_sharded(self.accel) else []
+            hooks.on_eval = self._eval_hook(ckpt_dir, log, names)
         pack_to = self.packing_width(model, objective, log)
         state = fit(
             model,
@@ -419,11 +448,14 @@ class Session:
             console.print(f"[yellow]warning: data.packing: off ({why}); training on padded micro-batches")
         return None
 
-    def _eval_hook(self, ckpt_dir: Path, log: Callable[[dict], None]) -> Callable[[Model, LoopState], bool]:
-        """The retention gate, then the watcher (which hears the validation loss just logged)."""
+    def _eval_hook(self, ckpt_dir: Path, log: Callable[[dict], None], tasks: list[str]) -> Callable[[Model, LoopState], bool]:
+        """The retention gate, then the watcher (which hears the validation loss just logged); the
+        validation losses of `tasks` are remembered with the weights they were measured on."""
         gate = self.retention.eval_hook(ckpt_dir, self.autocast, log)
 
         def hook(model: Model, state: LoopState) -> bool:
+            if tasks and self.last_val_row is not None and self.last_val_row.get("step") == state.step:
+                self.known.remember(model, self.last_val_row, tasks)
             with self.memory.phase("train_eval"):
                 stop = gate(model, state)
             if self.watch is not None:
