@@ -10,7 +10,7 @@ targets, lr, batch size, schedule, data.max_length and bf16 autocast from the co
 token ids: retune's chat-formatted examples, loss on the response tokens only (TRL gets them
 pre-tokenised with their labels, which its packing keeps). Every --eval-every optimizer steps it
 is scored on the same held-out reviews by ONE function, retune's label-likelihood scoring
-(evaluate/scoring.label_loglik, fp32, the quickstart's scoring), with the training clock stopped:
+(evaluate/scoring.label_loglik, labels ranked as in fp32, the quickstart's scoring), with the training clock stopped:
 the times are training wall seconds (from the framework's train call; evaluation excluded). A
 contender stops at the first evaluation at or above the highest --targets, or once its clock passes
 --cap-factor x retune's time to its highest target reached (the first contender sets the cap).

@@ -30,8 +30,8 @@ class Stop(Exception):
 
 
 def accuracy(model: Any, spec: dict) -> float:
-    """Held-out accuracy by retune's label-likelihood scoring (fp32, as the quickstart scores): the
-    same function, on the same token ids, for every contender's model object."""
+    """Held-out accuracy by retune's label-likelihood scoring (labels ranked as fp32 ranks them, as the
+    quickstart scores): the same function, on the same token ids, for every contender's model object."""
     from retune.evaluate.scoring import label_loglik
 
     ll = label_loglik(model, spec["test_prompts"], spec["label_ids"], spec["pad_id"], 16, contextlib.nullcontext, fp32=True)

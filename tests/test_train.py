@@ -204,12 +204,16 @@ def test_tuned_scoring_reuses_the_last_evaluations_loss(tmp_path, tiny_model, ti
     evaluation's (no second pass), and equal to scoring it again."""
     from helpers import read_metrics
     from retune.evaluate import scoring
+    from retune.session import retain as retain_mod
     from retune.session.known import KnownLosses
 
-    calls = []
+    calls, retained = [], []
     real = scoring.mean_nll
     monkeypatch.setattr(scoring, "mean_nll", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real_retained = retain_mod.score_retained
+    monkeypatch.setattr(retain_mod, "score_retained", lambda *a, **k: retained.append(1) or real_retained(*a, **k))
     cfg = tiny_config(tiny_model, tiny_data, tmp_path / "runs", trainer={"max_steps": 4, "eval_every": 2})
+    cfg["retain"] = {"probe_samples": 4}
     if multitask:
         task = {"train": str(tiny_data["train"]), "test": str(tiny_data["test"]), "labels": ["negative", "positive"]}
         task["template"] = {"prompt": "Review: {text}\nSentiment?", "response": "{label}"}
@@ -217,6 +221,7 @@ def test_tuned_scoring_reuses_the_last_evaluations_loss(tmp_path, tiny_model, ti
     run_dir, s = train(str(write_config(tmp_path / "a.yaml", cfg)))
     tasks = sorted(s["final"])
     assert len(calls) == len(tasks)  # the base model's, per task; none for the tuned model
+    assert len(retained) == 3  # the base model, steps 2 and 4; the tuned model is step 4's weights
     last = [r for r in read_metrics(run_dir) if "val_loss" in r][-1]
     logged = [last["val_loss"]] if len(tasks) == 1 else [last[f"val_loss/{t}"] for t in tasks]
     assert [s["final"][t]["val_loss"] for t in tasks] == logged

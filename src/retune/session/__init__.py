@@ -282,7 +282,6 @@ class Session:
             self.retention.base = RetainedScores.from_json(saved)  # under FSDP every rank runs the retention gate
         return base or {}
 
-    @phase("retain_tuned")
     def base_key(self) -> str:
         """base_cache's key for this run: the data as encoded (test records, validation examples, the
         retained sets) on top of the config and the environment."""
@@ -295,6 +294,7 @@ class Session:
         }
         return base_cache.key(self.cfg, self.model_path, inputs)
 
+    @phase("retain_tuned")
     def score_retained(self, model: Model, key: str = "tuned") -> Scores:
         """summary.json `retention`: each retained task's base, final and change with its paired
         interval (rank 0); per-example scores go to scores/<task>-<key>.jsonl."""

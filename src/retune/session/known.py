@@ -15,16 +15,20 @@ import torch
 from retune.types import Model
 
 
-def fingerprint(model: Model) -> str:
+def fingerprint(model: Model) -> str | None:
     """The trainable weights' bytes, and each frozen weight's identity and in-place version (a merge or
-    any other write to it bumps the version): equal fingerprints, equal weights."""
+    any other write to it bumps the version): equal fingerprints, equal weights. None where the weights
+    cannot be read here (a sharded model's DTensors)."""
     h = hashlib.blake2b(digest_size=16)
-    for name, p in model.named_parameters():
-        h.update(name.encode())
-        if p.requires_grad:
-            h.update(p.detach().contiguous().reshape(-1).view(dtype=torch.uint8).numpy())
-        else:
-            h.update(f"{p.data_ptr()}:{p._version}:{p.dtype}".encode())
+    try:
+        for name, p in model.named_parameters():
+            h.update(name.encode())
+            if p.requires_grad:
+                h.update(p.detach().contiguous().reshape(-1).view(dtype=torch.uint8).numpy())
+            else:
+                h.update(f"{p.data_ptr()}:{p._version}:{p.dtype}".encode())
+    except (RuntimeError, TypeError, AttributeError, NotImplementedError):
+        return None
     return h.hexdigest()
 
 
@@ -36,9 +40,11 @@ class KnownLosses:
         """After an evaluation: `row` is the loop's logged validation row, `tasks` its validation sets."""
         keys = {tasks[0]: "val_loss"} if len(tasks) == 1 else {t: f"val_loss/{t}" for t in tasks}
         losses = {t: float(row[k]) for t, k in keys.items() if k in row}
-        if losses:
-            self.seen[fingerprint(model)] = losses
+        weights = fingerprint(model)
+        if losses and weights is not None:
+            self.seen[weights] = losses
 
     def of(self, model: Model) -> dict[str, float]:
         """{task: validation loss} when these weights were evaluated (the last, or the best, loaded back), else {}."""
-        return dict(self.seen.get(fingerprint(model), {})) if self.seen else {}
+        weights = fingerprint(model) if self.seen else None
+        return dict(self.seen.get(weights, {})) if weights is not None else {}

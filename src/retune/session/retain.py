@@ -20,6 +20,7 @@ from retune.evaluate.report import console
 from retune.models.tasks import task_type
 from retune.retention import RetentionContext, build, memory_report
 from retune.retention.base import Regularizer
+from retune.session.known import fingerprint
 from retune.train.checkpoint import LoopState, save_weights
 from retune.types import Autocast, Model, Tokenizer
 
@@ -40,6 +41,7 @@ class Retention:
     best_ok: tuple[int, float] | None = None  # (step, val_loss) of the best evaluation within max_forgetting
     last_val: float | None = None  # the validation loss of the evaluation being watched
     breached: bool = False
+    last: tuple[str, RetainedScores] | None = None  # the latest scores, with their weights' fingerprint
 
     @classmethod
     def load(cls, cfg: RetuneConfig, tok: Tokenizer, fmt: Formatter) -> Retention:
@@ -49,7 +51,16 @@ class Retention:
         return cls(cfg, tok, fmt, load_retained(retain, cfg.data, cfg.eval, tok, fmt))
 
     def score(self, model: Model, autocast: Autocast) -> RetainedScores:
-        return score_retained(model, self.tok, self.fmt, self.rset, self.cfg.eval, autocast) if self.rset else RetainedScores({}, {}, {})
+        """The retained tasks and the probe on `model`; the same weights scored again (the tuned model
+        after an evaluation at the last step) get the scores they got (session/known.py's fingerprint)."""
+        if not self.rset:
+            return RetainedScores({}, {}, {})
+        weights = fingerprint(model)
+        if self.last is not None and weights is not None and self.last[0] == weights:
+            return self.last[1]
+        scored = score_retained(model, self.tok, self.fmt, self.rset, self.cfg.eval, autocast)
+        self.last = (weights, scored) if weights is not None else None
+        return scored
 
     def score_base(self, model: Model, autocast: Autocast) -> RetainedScores:
         if self.rset:
