@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -90,23 +92,44 @@ def _no_autocast():
     return torch.autocast("cpu", enabled=False)
 
 
-def test_label_scoring_runs_in_fp32_and_restores_the_weights(tiny_model):
-    """A bf16 model is scored as its exact fp32 copy (no bf16 ties), under any autocast, and is
-    bf16 again afterwards, bit for bit."""
+@pytest.mark.parametrize("lora", [False, True], ids=["bf16", "bf16+lora"])
+def test_label_scoring_ranks_as_fp32_and_restores_the_weights(tiny_model, monkeypatch, lora):
+    """A bf16 model (with fp32 LoRA weights, under the caller's autocast or none) ranks the labels as
+    its exact fp32 copy does: every prompt whose best two labels are within REFINE_MARGIN is scored in
+    fp32 (all of them: the same tensor as fp32), the others keep the first pass's scores; the weights
+    are bf16 again afterwards, bit for bit."""
+    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     from retune.evaluate import scoring
 
+    torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16)
+    if lora:
+        model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+        for p in model.parameters():
+            if p.requires_grad:
+                p.data = p.data.float()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    prompts = [[5, 9, 17, 30], [7, 8], [40, 41, 42, 43, 44, 45]]
+    prompts = [[5, 9, 17, 30], [7, 8], [40, 41, 42, 43, 44, 45], [3, 3, 3], [60, 2, 61, 62]]
     labels = [[11], [23], [57, 3]]
     bf16_autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16)  # noqa: E731
-    scored = scoring.label_loglik(model, prompts, labels, 0, 2, bf16_autocast)
-    after = model.state_dict()
-    assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
-    reference = scoring.label_loglik(model.float(), prompts, labels, 0, 2, _no_autocast, fp32=False)
-    assert torch.equal(scored, reference)
+    with scoring.fp32_weights(model):
+        reference = scoring.label_loglik(model, prompts, labels, 0, 2, _no_autocast, fp32=False)
+    for autocast in (bf16_autocast, contextlib.nullcontext):
+        scored = scoring.label_loglik(model, prompts, labels, 0, 2, autocast)
+        after = model.state_dict()
+        assert all(after[k].dtype == v.dtype and torch.equal(after[k], v) for k, v in before.items())
+        assert torch.equal(scored.argmax(dim=1), reference.argmax(dim=1))
+        top2 = scored.topk(2, dim=1).values
+        close = top2[:, 0] - top2[:, 1] < scoring.REFINE_MARGIN
+        assert torch.equal(scored[close], reference[close])
+    monkeypatch.setattr(scoring, "REFINE_MARGIN", float("inf"))
+    assert torch.equal(scoring.label_loglik(model, prompts, labels, 0, 2, bf16_autocast), reference)
+    monkeypatch.setattr(scoring, "REFINE_MARGIN", -1.0)  # no prompt refined: the first pass, its head in fp32
+    first = scoring.label_loglik(model, prompts, labels, 0, 2, bf16_autocast)
+    assert first.dtype == torch.float32 and not torch.equal(first, reference)
+    assert (first - reference).abs().max() < 0.1
 
 
 @pytest.mark.parametrize(("attention", "lora"), [("sdpa", False), ("eager", True), ("retune_eager", True)])

@@ -185,3 +185,31 @@ def test_export_and_eval_are_planned_as_their_own_processes(cfg, tmp_path, capsy
     if importlib.util.find_spec("llama_cpp") is not None:  # llama.cpp knows its types; without it the plan still plans
         unknown = CliRunner().invoke(app, ["plan", str(path), "--export", "q3_zz"])
         assert unknown.exit_code == 2 and "q3_zz" in unknown.output and "Traceback" not in unknown.output
+
+
+def test_training_is_planned_with_the_batch_shapes_it_meets(cfg):
+    """batch_shape counts the distinct micro-batch shapes of the loop's own batches (what leaves
+    per-shape state in the process), and training after an fp32 scoring pass is planned to grow with
+    them, up to a cap."""
+    from retune.data.batching import batch_indices, padded_width
+    from retune.models.load import load_tokenizer
+    from retune.objectives import SFT
+    from retune.plan.phases import TRAIN_AFTER_FP32, train_after_fp32
+    from retune.session.prepare import prepare_data
+
+    prep = prepare_data(cfg, load_tokenizer(str(cfg.model.base), cfg.model))
+    b = plan.batch_shape(cfg, prep)
+    t = cfg.trainer
+    pool = prep.epoch_examples(0)
+    widths = {
+        (len(idx), max(len(pool[i].input_ids) for i in idx))
+        for idx in batch_indices([SFT.length(e) for e in pool], t.batch_size, t.seed, 0)[: t.max_steps]
+    }
+    assert b.shapes == len({(n, padded_width(w)) for n, w in widths}) >= 1
+    assert [train_after_fp32(n) for n in (1, 10, 20)] == sorted(train_after_fp32(n) for n in (1, 10, 20))
+    assert train_after_fp32(10_000) == TRAIN_AFTER_FP32[2]
+    c = _with(cfg, model={"dtype": "bf16"})
+    shape = plan.model_shape(c)
+    jobs = ([Job("labels", "likelihood", 8, 64)], [])  # an fp32 likelihood pass before training
+    few, many = (plan.estimate(c, shape, plan.Batch(4, 64, 8, shapes=n), plan.Rules(), jobs).phases["train"] for n in (1, 20))
+    assert many > few

@@ -159,9 +159,12 @@ def _refined(
     """label_loglik(fp32=True): the training-precision pass (fp32 head), then fp32 for the close calls."""
     device = next(model.parameters()).device.type
     with autocast():
-        low = torch.is_autocast_enabled(device) or any(t.dtype in (torch.bfloat16, torch.float16) for t in model.parameters())
-    if not low:  # already fp32 throughout: one pass
+        on = torch.is_autocast_enabled(device)
+    low = next((t.dtype for t in model.parameters() if t.dtype in (torch.bfloat16, torch.float16)), None)
+    if not on and low is None:  # already fp32 throughout: one pass
         return label_loglik(model, prompts_ids, label_ids, pad_id, batch_size, autocast, fp32=False)
+    if not on:  # low-precision weights and no autocast given: the weights' precision (adapters in fp32 need the cast)
+        autocast = lambda: torch.autocast(device, dtype=low)  # noqa: E731
     with fp32_head(model):
         out = label_loglik(model, prompts_ids, label_ids, pad_id, batch_size, autocast, fp32=False)
     if out.shape[1] < 2:

@@ -100,7 +100,7 @@ def _scaled_batch(new: RetuneConfig, plan: Plan) -> Batch:
     size = min(b["batch_size"], new.trainer.batch_size)
     seq = min(b["seq_len"], new.data.max_length)
     labelled = math.ceil(b["labelled_rows"] * size / max(b["batch_size"], 1) * (seq / b["seq_len"] if new.data.train_on_prompt else 1))
-    return Batch(size, seq, min(labelled, size * seq), 0, b["source"])
+    return Batch(size, seq, min(labelled, size * seq), 0, b["source"], b.get("shapes", 1))
 
 
 def print_plan(plan: Plan, title: str = "") -> None:

@@ -365,7 +365,7 @@ def estimate(
         jobs = ([Job("validation loss", "nll", cfg.eval.batch_size, b.seq_len)], [])
     low = 0 if method == "full" or r.frozen_bytes == 4 else P - s.adapter - (s.quantisable if method == "qlora" else 0)
     res = Resident(fixed, optimizer, train, load, low, r.load_resident)
-    phases = run_phases(cfg, s, res, jobs[0], jobs[1], r.eager, method, _rollout(cfg, b))
+    phases = run_phases(cfg, s, res, jobs[0], jobs[1], r.eager, method, _rollout(cfg, b), b.shapes)
     phase = max(phases, key=lambda name: phases[name])
     parts = {
         "runtime": r.runtime_mb + compile_mb,
@@ -382,7 +382,7 @@ def estimate(
         "teacher": teacher / MB,
     }
     notes += _malloc_notes(r, b)
-    shape_d = {"batch_size": b.size, "seq_len": b.seq_len, "labelled_rows": b.labelled, "source": b.source}
+    shape_d = {"batch_size": b.size, "seq_len": b.seq_len, "labelled_rows": b.labelled, "source": b.source, "shapes": b.shapes}
     plan = Plan(parts, phases[phase], phase, phases, shape_d, notes)
     plan.scoring = [j.to_dict() for j in jobs[0] + jobs[1]]
     return plan

@@ -8,8 +8,8 @@ plus their largest scoring pass (plan/scoring.py). Likelihoods in fp32 (eval.lik
 bf16 base to fp32 for the pass: +4 bytes per low-precision weight. On the CPU what that round trip
 leaves stays in the process for the rest of the run (SCORING_RESIDUE): the cast back makes new bf16
 tensors besides the checkpoint's mapping, and the malloc keeps the freed fp32 blocks; a later fp32
-pass reuses them, the training step's tensors (other sizes) do not, and training over many steps of
-changing shapes grows above its live tensors (TRAIN_AFTER_FP32). Measured on the quickstart
+pass reuses them, the training step's tensors (other sizes) do not, and training grows above its live
+tensors with every micro-batch shape it meets (train_after_fp32). Measured on the shipped examples
 (benchmarks/results/plan.md). A generation pass leaves its blocks too (GENERATION_LEFT): each decoding
 step grows the KV cache by one position, so the malloc ends up holding blocks of sizes nothing later
 asks for; a later phase adds its own bytes on top, except what fits in an fp32 round trip's blocks.
@@ -28,10 +28,18 @@ MB = 2**20
 # measured on the quickstart (tcmalloc, 135M bf16 weights: 514 MB in fp32): 583 MB after loading,
 # 1,316 MB at base scoring, 1,300-1,310 MB after it, where the resident part is ~780 MB.
 SCORING_RESIDUE = 1.0
-# The same residue as training sees it: the quickstart's training (50 steps) peaked 853 MB above the
-# RSS after base scoring, against 660 MB of live training tensors: 1.5 x the fp32 size in all, fitted
-# on that one run; the 400-step quickstart and the multitask example are the out-of-sample checks.
-TRAIN_AFTER_FP32 = 1.5
+# The same residue as training sees it, in units of the fp32 size, grows with the distinct micro-batch
+# shapes training meets (each leaves per-shape state: oneDNN's primitive cache, the malloc's size-class
+# caches; data/batching.py): what the training phase measured above the plan's live tensors, as a
+# multiple of the 513 MB fp32 size, was 0.68 for the quickstart (9 shapes), 1.11 preference (7), 2.01
+# multitask (17), 2.2 sft-then-dpo (26) and 1.9 stages (28) (tcmalloc, session 7). A least-squares
+# line through those five, capped at the largest seen; benchmarks/results/plan.md.
+TRAIN_AFTER_FP32 = (0.58, 0.0575, 2.2)  # (at no shape, per shape, cap)
+
+
+def train_after_fp32(shapes: int) -> float:
+    base, per_shape, cap = TRAIN_AFTER_FP32
+    return min(base + per_shape * shapes, cap)
 # What a generation pass before training leaves resident, in units of the pass's own bytes: measured
 # on the grpo-sentiment example's base model (tcmalloc, weights paged in first): rotten-tomatoes'
 # answers alone +131 MB, debian-descriptions' summaries after them +211 MB more (alone: +244 MB),
@@ -62,9 +70,18 @@ def _pass(s: Shape, job: Job, cfg: RetuneConfig, res: Resident, eager: bool, fan
 
 
 def run_phases(
-    cfg: RetuneConfig, s: Shape, res: Resident, tasks: list[Job], retained: list[Job], eager: bool, method: str, rollout: Job | None = None
+    cfg: RetuneConfig,
+    s: Shape,
+    res: Resident,
+    tasks: list[Job],
+    retained: list[Job],
+    eager: bool,
+    method: str,
+    rollout: Job | None = None,
+    shapes: int = 1,
 ) -> dict[str, float]:
-    """MB at the peak of each phase the run goes through. `rollout`: grpo's sampling at each step."""
+    """MB at the peak of each phase the run goes through. `rollout`: grpo's sampling at each step;
+    `shapes`: the distinct micro-batch shapes training meets."""
     fan_in = max(s.adapted_in.values(), default=0) if method != "full" else 0  # unmerged adapter after attach
     fp32_used = cfg.eval.likelihood_fp32 and res.low_weights > 0 and any(j.mode in ("likelihood", "cloze") for j in tasks + retained)
     residue = SCORING_RESIDUE * 4 * res.low_weights if fp32_used and res.cpu else 0.0
@@ -90,7 +107,7 @@ def run_phases(
     if any(getattr(o, "type", "sft") != "sft" for o in stage_types(cfg)) and tasks:
         ref = Job("reference log-probabilities", "nll", cfg.eval.batch_size, cfg.data.max_length)
         phases["reference"] = scoring([ref], res.fixed, fan_in, after)
-    phases["train"] = res.train + after * TRAIN_AFTER_FP32 / SCORING_RESIDUE + left
+    phases["train"] = res.train + after * train_after_fp32(shapes) / SCORING_RESIDUE + left
     if rollout is not None:  # grpo samples before each step; on the CPU the malloc keeps what it held
         sampled = _pass(s, rollout, cfg, res, eager, fan_in, 0.0)
         phases["train"] = phases["train"] + sampled if res.cpu else max(phases["train"], res.fixed + res.optimizer + sampled)

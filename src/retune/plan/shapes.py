@@ -4,7 +4,7 @@ device (Shape), and the largest micro-batch the run will see (Batch)."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 from retune.config import RetuneConfig
@@ -131,6 +131,7 @@ class Batch:
     labelled: int  # rows that reach the output head in that micro-batch
     enc_len: int = 0  # seq2seq encoder length
     source: str = "assumed"  # "data": measured on the tokenised training set
+    shapes: int = 1  # distinct micro-batch shapes (rows, lengths) over the run's steps (all stages)
 
 
 def prepared(cfg: RetuneConfig) -> Prepared | None:
@@ -155,11 +156,13 @@ def batch_shape(cfg: RetuneConfig, prep: Prepared | None = None) -> Batch:
     if prep is None:
         return worst
     best: tuple[float, Batch] | None = None
+    shapes = 0
     for pool, objective, trainer in _trained(cfg, prep):
         b = _largest(cfg, pool, objective, trainer)
         if b is not None and (best is None or b[0] > best[0]):
             best = b
-    return best[1] if best else worst
+        shapes += b[1].shapes if b is not None else 0
+    return replace(best[1], shapes=max(shapes, 1)) if best else worst
 
 
 def _trained(cfg: RetuneConfig, prep: Prepared) -> list[tuple[Callable[[int], list], Any, Any]]:
@@ -186,13 +189,14 @@ def _largest(cfg: RetuneConfig, examples: Callable[[int], list], objective: Any,
         return None
     kind = task_type(cfg.model.task)
     steps = total_steps(t, len(examples(0)))
-    best, taken, epoch = None, 0, 0
+    best, taken, epoch, seen = None, 0, 0, set()
     while taken < steps and epoch < 3:
         pool = examples(epoch)
         for batch in batch_indices([objective.length(e) for e in pool], t.batch_size * t.grad_accum, t.seed, epoch):
             for s in range(0, len(batch), t.batch_size):
                 micro = [row for i in batch[s : s + t.batch_size] for row in objective.rows(pool[i])]
                 seq_len, enc_len = kind.batch_lengths(micro)
+                seen.add((len(micro), seq_len, enc_len))
                 labelled = sum(sum(1 for y in e.labels[1:] if y != -100) for e in micro)
                 key = len(micro) * (seq_len + enc_len) ** 1.3
                 if best is None or key > best[0]:
@@ -201,4 +205,4 @@ def _largest(cfg: RetuneConfig, examples: Callable[[int], list], objective: Any,
             if taken >= steps:
                 break
         epoch += 1
-    return best
+    return (best[0], replace(best[1], shapes=len(seen))) if best else None

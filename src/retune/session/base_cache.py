@@ -5,8 +5,9 @@ depend on the base model, the data, the prompts, the scoring settings, retune's 
 kernels, and on nothing a run tunes (learning rate, adapter rank, steps). Runs that share all of those
 (a search's trials, a re-run of the same config) share the base scores: the first run stores them under
 the cache directory (`RETUNE_CACHE`, default ~/.cache/retune) in base-scores/<key>/ (or under
-`RETUNE_BASE_CACHE` when set: the tests give each test its own) as the run directory holds them (base_scores.json, base_retention.json, scores/*-base.jsonl), and the next ones copy them
-into their own run directory. The key hashes every input listed above (`key`); what is not known to be
+`RETUNE_BASE_CACHE` when set: the tests give each test its own) as the run directory holds them
+(base_scores.json, base_retention.json, scores/*-base.jsonl), and the next ones copy them into their
+own run directory. The key hashes every input listed above (`key`); what is not known to be
 irrelevant is in it.
 """
 
