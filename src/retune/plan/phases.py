@@ -40,6 +40,8 @@ TRAIN_AFTER_FP32 = (0.58, 0.0575, 2.2)  # (at no shape, per shape, cap)
 def train_after_fp32(shapes: int) -> float:
     base, per_shape, cap = TRAIN_AFTER_FP32
     return min(base + per_shape * shapes, cap)
+
+
 # What a generation pass before training leaves resident, in units of the pass's own bytes: measured
 # on the grpo-sentiment example's base model (tcmalloc, weights paged in first): rotten-tomatoes'
 # answers alone +131 MB, debian-descriptions' summaries after them +211 MB more (alone: +244 MB),
