@@ -169,12 +169,14 @@ def child(config: str, overrides: list[str], outdir: str) -> dict:
 
 def run_example(config: str, overrides: list[str], out: Path, env: dict[str, str]) -> dict:
     """`retune train CONFIG` as a user runs it (its own process, its allocator), VmRSS sampled every
-    0.1 s from outside; the run's summary.json has the plan and the per-phase peaks (VmHWM)."""
+    0.1 s from outside; the run's summary.json has the plan and the per-phase peaks (VmHWM). The base
+    model is scored (eval.base_cache=false): the plan's phases, whatever earlier runs stored."""
     import time
 
     out.mkdir(parents=True, exist_ok=True)
     before = set(out.glob("*/summary.json"))
-    cmd = [str(ROOT / ".venv/bin/retune"), "train", config, *[f"--set={o}" for o in [*overrides, f"output.dir={out}"]]]
+    sets = [*overrides, f"output.dir={out}", "eval.base_cache=false"]
+    cmd = [str(ROOT / ".venv/bin/retune"), "train", config, *[f"--set={o}" for o in sets]]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT)
     sampled = 0.0
     while proc.poll() is None:

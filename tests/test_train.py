@@ -239,7 +239,8 @@ def test_weights_fingerprint_follows_every_write(tiny_model):
 
     from retune.session.known import fingerprint
 
-    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model), LoraConfig(r=2, target_modules=["q_proj"]))
+    base = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.bfloat16)
+    model = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj"]))
     first = fingerprint(model)
     assert fingerprint(model) == first
     trainable = next(p for p in model.parameters() if p.requires_grad)
@@ -249,7 +250,13 @@ def test_weights_fingerprint_follows_every_write(tiny_model):
         second = fingerprint(model)
         assert second != first
         frozen.mul_(1.0)  # an in-place write, even one that changes no value (a merge then unmerge)
-        assert fingerprint(model) != second
+        third = fingerprint(model)
+        assert third != second
+    from retune.evaluate.scoring import fp32_weights
+
+    with fp32_weights(model):  # scoring in fp32 and back, bit for bit: the same weights
+        pass
+    assert fingerprint(model) == third
 
 
 def test_base_scores_are_reused_by_a_run_with_the_same_inputs(tmp_path, tiny_model, tiny_data, monkeypatch):

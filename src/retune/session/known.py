@@ -17,8 +17,10 @@ from retune.types import Model
 
 def fingerprint(model: Model) -> str | None:
     """The trainable weights' bytes, and each frozen weight's identity and in-place version (a merge or
-    any other write to it bumps the version): equal fingerprints, equal weights. None where the weights
-    cannot be read here (a sharded model's DTensors)."""
+    any other in-place write bumps the version; a module replaced holds new parameters): equal
+    fingerprints, equal weights. Not its storage's address: fp32 scoring's round trip (scoring.fp32_weights)
+    gives a frozen weight new, bit-identical storage. None where the weights cannot be read here (a
+    sharded model's DTensors)."""
     h = hashlib.blake2b(digest_size=16)
     try:
         for name, p in model.named_parameters():
@@ -26,7 +28,7 @@ def fingerprint(model: Model) -> str | None:
             if p.requires_grad:
                 h.update(p.detach().contiguous().reshape(-1).view(dtype=torch.uint8).numpy())
             else:
-                h.update(f"{p.data_ptr()}:{p._version}:{p.dtype}".encode())
+                h.update(f"{id(p)}:{p._version}:{p.dtype}".encode())
     except (RuntimeError, TypeError, AttributeError, NotImplementedError):
         return None
     return h.hexdigest()
