@@ -194,7 +194,7 @@ def fp32_head(model: Model) -> Iterator[None]:
         with torch.autocast(hidden.device.type, enabled=False):
             return torch.nn.functional.linear(hidden.float().contiguous(), weight, bias)
 
-    head.forward = forward  # type: ignore[method-assign]
+    head.forward = forward  # type: ignore[method-assign,assignment]
     try:
         yield
     finally:

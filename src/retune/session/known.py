@@ -26,7 +26,7 @@ def fingerprint(model: Model) -> str | None:
         for name, p in model.named_parameters():
             h.update(name.encode())
             if p.requires_grad:
-                h.update(p.detach().contiguous().reshape(-1).view(dtype=torch.uint8).numpy())
+                h.update(p.detach().contiguous().reshape(-1).view(dtype=torch.uint8).numpy().data)
             else:
                 h.update(f"{id(p)}:{p._version}:{p.dtype}".encode())
     except (RuntimeError, TypeError, AttributeError, NotImplementedError):
