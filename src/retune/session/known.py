@@ -21,6 +21,10 @@ def fingerprint(model: Model) -> str | None:
     fingerprints, equal weights. Not its storage's address: fp32 scoring's round trip (scoring.fp32_weights)
     gives a frozen weight new, bit-identical storage. None where the weights cannot be read here (a
     sharded model's DTensors)."""
+    from torch.distributed.tensor import DTensor
+
+    if any(isinstance(p, DTensor) for p in model.parameters()):  # FSDP2 shards: reading them pins storage it resizes
+        return None
     h = hashlib.blake2b(digest_size=16)
     try:
         for name, p in model.named_parameters():
