@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -80,3 +81,11 @@ def staging_dir(final_dir: str | Path) -> Path:
     final_dir = Path(final_dir)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     return Path(tempfile.mkdtemp(dir=final_dir.parent, prefix=f".{final_dir.name}.", suffix=".tmp"))
+
+
+def content_hash(obj: object) -> str:
+    """sha256 of a JSON-able value: two runs (or two machines) used the same data exactly when their
+    hashes agree. Built-ins read from the machine (debian-descriptions comes from apt's lists) can
+    drift; this shows when they did."""
+    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()

@@ -19,8 +19,6 @@ It imports nothing above train/ (recipes and the CLI sit on top of it).
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import os
 import time
 from collections.abc import Callable
@@ -38,7 +36,7 @@ from retune.errors import UsageError
 from retune.evaluate.forgetting import PROBE, RetainedScores
 from retune.evaluate.report import LiveProgress, console, plot_loss
 from retune.evaluate.task_eval import score_task, scoring_mode
-from retune.io import append_jsonl, read_jsonl, replace_dir, staging_dir
+from retune.io import append_jsonl, content_hash, read_jsonl, replace_dir, staging_dir
 from retune.models import loss as loss_mod
 from retune.models.load import compute_dtype, count_params, load_base, load_tokenizer, path_report, prepare_for_training
 from retune.models.resolve import resolve_base
@@ -95,14 +93,6 @@ def tracker_config(d: object, prefix: str = "") -> dict[str, Any]:
         items = d.items() if isinstance(d, dict) else enumerate(d)
         return {k: v for key, value in items for k, v in tracker_config(value, f"{prefix}{key}.").items()}
     return {prefix[:-1]: d if isinstance(d, int | float | str | bool) else str(d)}
-
-
-def content_hash(obj: object) -> str:
-    """sha256 of a JSON-able value: two runs (or two machines) used the same data exactly when their
-    hashes agree. Built-ins read from the machine (debian-descriptions comes from apt's lists) can
-    drift; this shows when they did."""
-    blob = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def data_hash(task: Any) -> str:
@@ -258,9 +248,9 @@ class Session:
         (prefix/prompt tuning are not identity at init). Kept in the run directory, so a resumed run
         does not score it again."""
         assert self.run is not None
-        key = self.base_key() if self.cfg.eval.base_cache and dist.is_main() else None
         fresh = not any((self.run.path / f).exists() for f in base_cache.FILES)  # not a resumed run's
-        if key is not None and fresh and base_cache.restore(self.run, key):
+        key = self.base_key() if fresh and self.cfg.eval.base_cache and dist.is_main() else None
+        if key is not None and base_cache.restore(self.run, key):
             console.print("base model's scores: from an earlier run with the same inputs (eval.base_cache; false scores again)")
             self.log({"event": "base_cache", "key": key})
         base = self.run.read_json("base_scores.json")
@@ -275,7 +265,7 @@ class Session:
                 scored = self.retention.score_base(model, self.autocast)
             self.write_retained(scored, "base")
             self.run.write_json("base_retention.json", scored.to_json())
-        if key is not None and fresh:
+        if key is not None:
             base_cache.store(self.run, key)
         dist.barrier()
         if self.retention.rset and not dist.is_main() and (saved := self.run.read_json("base_retention.json")) is not None:

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import json
 import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 from retune.config import RetuneConfig
-from retune.io import replace_dir, staging_dir
+from retune.io import content_hash, replace_dir, staging_dir
 from retune.paths import cache_dir
 from retune.rundir import RunDir
 
@@ -61,8 +60,7 @@ def key(cfg: RetuneConfig, model_path: str, inputs: object) -> str:
         "kernels": [torch.backends.cpu.get_cpu_capability(), torch.cuda.get_device_name() if torch.cuda.is_available() else None],
         "env": sorted((k, v) for k, v in os.environ.items() if k.startswith(KERNEL_ENV)),
     }
-    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+    return content_hash(parts)[:24]
 
 
 def restore(run: RunDir, k: str) -> bool:
