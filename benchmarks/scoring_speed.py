@@ -9,7 +9,7 @@ Label likelihood (the quickstart's scoring): the quickstart's first --n test pro
 batch 16 (eval.batch_size), timed for
 - retune: evaluate/scoring.label_loglik as `retune train` runs it (the head on the last position only;
   a batch's shared leading tokens run once as a key/value cache);
-- retune without the shared start (scoring.MIN_SHARED_PREFIX set out of reach): the path before it;
+- retune without the shared start (shared_prefix.MIN_SHARED_PREFIX set out of reach): the path before it;
 - plain: an fp32 model from AutoModelForCausalLM.from_pretrained, `model(ids, mask).logits` for each
   batch of 16 in the prompts' order, log-softmax at each row's last position (what a user writes).
 Each on the base model and on the tuned one (base + LoRA r=16 on all linear layers: --run's adapter,
@@ -87,7 +87,7 @@ def likelihood_rows(
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from retune.evaluate import scoring
+    from retune.evaluate import scoring, shared_prefix
 
     label_ids = [[t] for t in label_tok]
     rows = []
@@ -99,12 +99,12 @@ def likelihood_rows(
             plain.load_state_dict({k: v.float() for k, v in model.state_dict().items() if "lora_" in k}, strict=False)
             plain.eval()
         new, t_new = timed(lambda m=model: scoring.label_loglik(m, prompts, label_ids, pad, 16, contextlib.nullcontext))
-        keep = scoring.MIN_SHARED_PREFIX
-        scoring.MIN_SHARED_PREFIX = 10**9
+        keep = shared_prefix.MIN_SHARED_PREFIX
+        shared_prefix.MIN_SHARED_PREFIX = 10**9
         try:
             old, t_old = timed(lambda m=model: scoring.label_loglik(m, prompts, label_ids, pad, 16, contextlib.nullcontext))
         finally:
-            scoring.MIN_SHARED_PREFIX = keep
+            shared_prefix.MIN_SHARED_PREFIX = keep
         ref, t_plain = timed(lambda p=plain: plain_loglik(p, prompts, label_tok, pad, 16))
         rows.append(
             {

@@ -126,7 +126,7 @@ def test_shorthand_keys_are_declared_once():
     from retune.config import DataConfig, TaskConfig, TaskDataConfig
     from retune.config.data import TASK_SHORTHAND
 
-    assert TASK_SHORTHAND == tuple(TaskDataConfig.model_fields) and len(TASK_SHORTHAND) == 11
+    assert TASK_SHORTHAND == tuple(TaskDataConfig.model_fields) and len(TASK_SHORTHAND) == 12
     for cls in (DataConfig, TaskConfig):
         assert not set(TASK_SHORTHAND) & set(cls.__annotations__), f"{cls.__name__} declares a shorthand key again"
         assert all(cls.model_fields[k].description == TaskDataConfig.model_fields[k].description for k in TASK_SHORTHAND)

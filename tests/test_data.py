@@ -128,6 +128,16 @@ def test_collate_rounds_the_width_up_to_a_multiple_of_eight():
     assert collate(rows[:1] * 2, 0)["input_ids"].shape == (2, 8) and collate([Encoded([1] * 8, [1] * 8, 1)], 0)["input_ids"].shape == (1, 8)
 
 
+def test_max_val_samples_caps_the_validation_set_alone(tmp_path):
+    p = write_jsonl(tmp_path / "t.jsonl", [{"text": f"t{i}", "label": "positive"} for i in range(50)])
+    v = write_jsonl(tmp_path / "v.jsonl", [{"text": f"v{i}", "label": "positive"} for i in range(30)])
+    tpl = TemplateConfig(prompt="{text}", response="{label}")
+    both = load_task(DataConfig(train=str(p), validation=str(v), template=tpl, max_eval_samples=20), EvalConfig())
+    val = load_task(DataConfig(train=str(p), validation=str(v), template=tpl, max_eval_samples=20, max_val_samples=4), EvalConfig())
+    assert (len(both.validation), len(both.test)) == (20, 20) and (len(val.validation), len(val.test)) == (4, 20)
+    assert val.validation == both.validation[:4] and val.test == both.test  # a prefix of the same order
+
+
 def test_load_tasks_several_and_eval_only(tmp_path):
     from retune.config import TaskConfig
     from retune.data.dataset import load_tasks

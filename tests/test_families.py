@@ -267,6 +267,14 @@ def test_shared_prefix_options_score_as_one_sequence_each(family, attention):
     assert [len(g) for g in got] == [3, 2, 4]
     for g, w in zip(got, want, strict=True):
         assert g == pytest.approx(w, abs=1e-4)
+    # prompts that start alike (a chat template, a system prompt): the start runs once as a cache
+    lead = enc[0] + enc[2] + enc[1]
+    assert len(lead) >= shared_prefix.MIN_SHARED_PREFIX
+    prompts = [lead + p for p in prompts]
+    want = scoring.per_option_loglik(model, prompts, options, tok.pad_token_id, 4, contextlib.nullcontext)
+    got = scoring.option_loglik(model, prompts, options, tok.pad_token_id, 3, contextlib.nullcontext, fp32=False)
+    for g, w in zip(got, want, strict=True):
+        assert g == pytest.approx(w, abs=1e-4)
 
 
 def test_packing_is_exact_in_every_family(family):

@@ -139,7 +139,7 @@ def test_label_scoring_runs_a_shared_prompt_start_once(tiny_model, monkeypatch, 
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from retune.evaluate import scoring
+    from retune.evaluate import scoring, shared_prefix
     from retune.models import lean
 
     if attention == "retune_eager":
@@ -159,7 +159,7 @@ def test_label_scoring_runs_a_shared_prompt_start_once(tiny_model, monkeypatch, 
     monkeypatch.setattr(scoring, "_last_logits_shared", lambda path, p, n, pad: taken.append(n) or shared_path(path, p, n, pad))
     shared = scoring.label_loglik(model, prompts, labels, 0, 3, _no_autocast)
     assert taken == [12, 10]
-    monkeypatch.setattr(scoring, "MIN_SHARED_PREFIX", 10**9)
+    monkeypatch.setattr(shared_prefix, "MIN_SHARED_PREFIX", 10**9)
     full = scoring.label_loglik(model, prompts, labels, 0, 3, _no_autocast)
     assert torch.allclose(shared, full, atol=1e-5), (shared - full).abs().max()
 
@@ -173,7 +173,7 @@ def test_validation_nll_runs_a_shared_prompt_start_once(tiny_model, monkeypatch,
     from transformers import AutoModelForCausalLM
 
     from retune.data.templates import Encoded
-    from retune.evaluate import scoring
+    from retune.evaluate import scoring, shared_prefix
     from retune.models import lean
 
     if attention == "retune_eager":
@@ -199,15 +199,53 @@ def test_validation_nll_runs_a_shared_prompt_start_once(tiny_model, monkeypatch,
     shared = scoring.example_nlls(model, examples, 0, 3, _no_autocast)
     totals = scoring.nll_totals(model, examples, 0, 3, _no_autocast)
     assert taken == [11, 9, 11, 9]
-    monkeypatch.setattr(scoring, "MIN_SHARED_PREFIX", 10**9)
+    monkeypatch.setattr(shared_prefix, "MIN_SHARED_PREFIX", 10**9)
     full = scoring.example_nlls(model, examples, 0, 3, _no_autocast)
     assert shared[1] == full[1] == [len(e.labels) - e.prompt_len for e in examples]
     assert torch.allclose(torch.tensor(shared[0]), torch.tensor(full[0]), atol=1e-5)
     assert totals[0] == pytest.approx(sum(full[0]), abs=1e-4) and totals[1] == sum(full[1])
 
 
+@pytest.mark.parametrize(("attention", "lora"), [("sdpa", False), ("eager", True), ("retune_eager", True)])
+def test_generation_runs_a_shared_prompt_start_once(tiny_model, monkeypatch, attention, lora):
+    """Greedy generation of prompts that start alike: the common start runs once per batch as a key/value
+    cache (rows rearranged as start + padding + own tokens), and the texts are the plain left-padded
+    batch's (fp32), for prompts of different lengths in one batch."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from retune.evaluate import scoring, shared_prefix
+    from retune.models import lean
+    from retune.models.load import load_tokenizer
+
+    if attention == "retune_eager":
+        lean.register_attention()
+    torch.manual_seed(0)
+    tok = load_tokenizer(str(tiny_model))
+    model = AutoModelForCausalLM.from_pretrained(tiny_model, dtype=torch.float32, attn_implementation=attention)
+    if lora:
+        model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    start = "Summarise this package description in one short line please. "
+    prompts = [start + t for t in ("a tiny tool", "the long and winding road of a text editor for the terminal", "ok")]
+    prompts += ["unrelated words", "nothing in common here at all"]
+    taken = []
+    shared_start = scoring._shared_start
+
+    def spy(path, enc, pad):
+        out = shared_start(path, enc, pad)
+        taken.append(out["past_key_values"].get_seq_length() if out else 0)
+        return out
+
+    monkeypatch.setattr(scoring, "_shared_start", spy)
+    shared = scoring.generate(model, tok, prompts, 12, 3, _no_autocast)
+    assert taken[0] == 0 and taken[1] >= 8  # sorted by length: the unrelated prompts and "ok" first
+    monkeypatch.setattr(shared_prefix, "MIN_SHARED_PREFIX", 10**9)
+    plain = scoring.generate(model, tok, prompts, 12, 3, _no_autocast)
+    assert shared == plain and all(shared)
+
+
 def test_common_prefix_leaves_each_prompt_a_token():
-    from retune.evaluate.scoring import common_prefix_len
+    from retune.evaluate.shared_prefix import common_prefix_len
 
     assert common_prefix_len([[1, 2, 3, 4], [1, 2, 3, 5]]) == 3
     assert common_prefix_len([[1, 2, 3], [1, 2, 3, 4]]) == 2  # the shorter prompt keeps its last token

@@ -1,6 +1,6 @@
 """The data section: sources, templates, tasks, and how several tasks mix.
 
-The keys that say what one task's data is (TaskDataConfig: train ... max_eval_samples) are declared
+The keys that say what one task's data is (TaskDataConfig: train ... shots) are declared
 once and shared: `data:` has them as the one-task shorthand, each `data.tasks[i]` has its own.
 """
 
@@ -91,6 +91,9 @@ class TaskDataConfig(_Strict):
     max_eval_samples: int | None = Field(None, ge=1)
     """Cap on validation and test examples (the first N in deterministic order; for mmlu and mmlu-cloze
     any such prefix is stratified by topic)."""
+    max_val_samples: int | None = Field(None, ge=1)
+    """Cap on validation examples alone (the validation loss measured during and after training), when
+    it should differ from max_eval_samples, e.g. a smaller set to watch training by. Default: max_eval_samples."""
     choices: list[str] | None = None
     """Columns holding each option's text, for multiple-choice tasks scored as cloze: the option whose
     text has the highest likelihood per character after the prompt is the prediction, compared with
@@ -152,7 +155,7 @@ class TaskConfig(TaskDataConfig):
 
 
 class DataConfig(TaskDataConfig):
-    """One task through the keys train ... max_eval_samples (the shorthand), or several under `tasks`.
+    """One task through the keys train ... shots (the shorthand), or several under `tasks`.
     The keys from `format` on apply to every task."""
 
     format: Literal["chat", "plain"] = "chat"
@@ -177,7 +180,7 @@ class DataConfig(TaskDataConfig):
     """Seed for sampling / splitting user data; training order uses trainer.seed."""
     tasks: list[TaskConfig] | None = None
     """Several tasks in one run, each with its own sources, template, metric and weights. Every task is
-    scored before and after training. Replaces the single-task keys (train ... max_eval_samples),
+    scored before and after training. Replaces the single-task keys (train ... shots),
     which must then be left out."""
     mixing: Literal["auto", "proportional", "fractions", "temperature"] = "auto"
     """How an epoch mixes the tasks' training examples. proportional: each task by its size (all its

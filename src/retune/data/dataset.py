@@ -130,6 +130,8 @@ def load_task_config(tc: TaskConfig, data: DataConfig, ev: EvalConfig, default_t
         train = train[: tc.max_train_samples]
     if tc.max_eval_samples:
         validation, test = validation[: tc.max_eval_samples], test[: tc.max_eval_samples]
+    if tc.max_val_samples:
+        validation = validation[: tc.max_val_samples]
 
     template = tc.template or (builtin.template if builtin else None) or default_template
     if template is None and not data.messages_column:

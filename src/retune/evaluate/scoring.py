@@ -58,8 +58,8 @@ def batch_nll(model: Any, examples: list[Encoded], pad_id: int) -> tuple[torch.T
     context, equal to the padded forward up to kernel rounding (tests/test_loss.py)."""
     path = hidden_path(model)
     if path is not None and len(examples) > 1 and shared_prefix.supported(model):
-        shared = min(common_prefix_len([e.input_ids for e in examples]), *(first_label(e) - 1 for e in examples))
-        if shared >= MIN_SHARED_PREFIX:
+        shared = min(shared_prefix.common_prefix_len([e.input_ids for e in examples]), *(first_label(e) - 1 for e in examples))
+        if shared >= shared_prefix.MIN_SHARED_PREFIX:
             return _nll_shared(path, examples, shared, pad_id)
     return token_nll(model, collate(examples, pad_id))
 
@@ -76,7 +76,7 @@ def _nll_shared(path: tuple[Any, Any], examples: list[Encoded], shared: int, pad
 
     backbone, head = path
     b = len(examples)
-    cache = _expanded_prefix_cache(backbone, examples[0].input_ids[:shared], b)
+    cache = shared_prefix.expanded_cache(backbone, examples[0].input_ids[:shared], b)
     batch = collate([Encoded(e.input_ids[shared:], e.labels[shared:], 0) for e in examples], pad_id)
     own = batch["attention_mask"]
     mask = torch.cat([torch.ones(b, shared, dtype=own.dtype), own], dim=1)
@@ -87,16 +87,6 @@ def _nll_shared(path: tuple[Any, Any], examples: list[Encoded], shared: int, pad
     losses = F.cross_entropy(head(hidden[:, :-1][keep]).float(), labels[keep], reduction="none")
     rows = torch.nonzero(keep, as_tuple=True)[0]
     return torch.zeros(b, dtype=torch.float32).index_add(0, rows, losses), keep.sum(dim=1)
-
-
-def _expanded_prefix_cache(backbone: Any, prefix: list[int], rows: int) -> Any:
-    """The keys and values of `prefix`, computed on one row, seen by `rows` rows (expanded, not copied)."""
-    from transformers import DynamicCache
-
-    past = backbone(input_ids=torch.tensor([prefix]), use_cache=True).past_key_values
-    return DynamicCache(
-        ddp_cache_data=[(layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1)) for layer in past.layers]
-    )
 
 
 @contextlib.contextmanager
@@ -261,29 +251,14 @@ def _single_token_loglik(
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
         prompts = [prompts_ids[i] for i in idx]
-        shared = common_prefix_len(prompts) if share else 0
+        shared = shared_prefix.common_prefix_len(prompts) if share else 0
         with autocast():
-            if path is not None and shared >= MIN_SHARED_PREFIX:
+            if path is not None and shared >= shared_prefix.MIN_SHARED_PREFIX:
                 logits = _last_logits_shared(path, prompts, shared, pad_id)
             else:
                 logits = _last_logits(model, path, prompts, pad_id)
         out[idx] = torch.log_softmax(logits.float(), dim=-1)[:, labels].cpu()
     return out
-
-
-# A batch's shared leading tokens run once when there are at least this many (the quickstart's chat
-# template, system prompt and instruction: 40 of its prompts' 71 tokens on average).
-MIN_SHARED_PREFIX = 8
-
-
-def common_prefix_len(prompts: list[list[int]]) -> int:
-    """How many leading tokens all prompts share, leaving each at least one token of its own (its
-    last position is where the labels are scored)."""
-    first, limit = prompts[0], min(len(p) for p in prompts) - 1
-    n = 0
-    while n < limit and all(p[n] == first[n] for p in prompts):
-        n += 1
-    return n
 
 
 def _last_logits(model: Model, path: tuple[Any, Any] | None, prompts: list[list[int]], pad_id: int) -> torch.Tensor:
@@ -305,7 +280,7 @@ def _last_logits_shared(path: tuple[Any, Any], prompts: list[list[int]], shared:
     (tests/test_loss.py)."""
     backbone, head = path
     b = len(prompts)
-    cache = _expanded_prefix_cache(backbone, prompts[0][:shared], b)
+    cache = shared_prefix.expanded_cache(backbone, prompts[0][:shared], b)
     batch = collate([Encoded(p[shared:], [-100] * (len(p) - shared), 0) for p in prompts], pad_id)
     own = batch["attention_mask"]
     mask = torch.cat([torch.ones(b, shared, dtype=own.dtype), own], dim=1)
@@ -341,6 +316,7 @@ def generate(
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     # a decoder-only model returns prompt + new tokens; an encoder-decoder (T5) only the decoder's output
     start_new = not task_type_of(model).encoder_decoder
+    path = hidden_path(model) if start_new and shared_prefix.supported(model) else None
     generator: Any = model  # causal LMs and seq2seq models generate (GenerationMixin, or peft's wrapper of one)
     try:
         for s in range(0, len(order), batch_size):
@@ -348,13 +324,38 @@ def generate(
             enc = tok([prompts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=add_special_tokens)
             gen_kwargs.setdefault("do_sample", False)
             with autocast():
-                ids = generator.generate(**enc, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **gen_kwargs)
+                extra = _shared_start(path, enc, tok.pad_token_id) if path is not None and len(idx) > 1 else {}
+                ids = generator.generate(**{**enc, **extra}, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **gen_kwargs)
             for j, i in enumerate(idx):
                 text = cast(str, tok.decode(ids[j, enc["input_ids"].shape[1] * start_new :], skip_special_tokens=True))  # one row: one str
                 outs[i] = cut_at_stop(text, stop).strip()
     finally:
         tok.padding_side = side
     return outs
+
+
+def _shared_start(path: tuple[Any, Any], enc: Any, pad_id: int) -> dict[str, Any]:
+    """A left-padded generation batch whose prompts start alike, rearranged so that the common start
+    runs once (shared_prefix.py): each row becomes start + padding + its own tokens, the start's keys
+    and values the cache every row continues from. Positions come from the attention mask (generate's
+    own rule), so each token keeps the position it has in the plain batch; the padding stays masked.
+    Nothing to share (or fewer than MIN_SHARED_PREFIX tokens): {} (the plain batch)."""
+    mask = enc["attention_mask"]
+    rows = [r[m.bool()].tolist() for r, m in zip(enc["input_ids"], mask, strict=True)]
+    shared = shared_prefix.common_prefix_len(rows)
+    if shared < shared_prefix.MIN_SHARED_PREFIX:
+        return {}
+    own = torch.full((len(rows), mask.shape[1] - shared), pad_id, dtype=torch.long)
+    own_mask = torch.zeros_like(own)
+    for b, r in enumerate(rows):
+        n = len(r) - shared
+        own[b, own.shape[1] - n :], own_mask[b, own.shape[1] - n :] = torch.tensor(r[shared:]), 1
+    start = torch.tensor(rows[0][:shared]).expand(len(rows), -1)
+    return {
+        "input_ids": torch.cat([start, own], dim=1),
+        "attention_mask": torch.cat([torch.ones(len(rows), shared, dtype=mask.dtype), own_mask.to(mask.dtype)], dim=1),
+        "past_key_values": shared_prefix.expanded_cache(path[0], rows[0][:shared], len(rows)),
+    }
 
 
 def cut_at_stop(text: str, stop: list[str] | None) -> str:

@@ -1,15 +1,25 @@
-"""Option log-likelihoods with the prompt computed once: one row holds a prompt and all its options.
+"""Prompt tokens computed once: what several rows share runs a single time.
 
-Cloze scoring (MMLU's option texts, multi-token labels) asks for log p(option | prompt) for every option
-of a question. Scored one (prompt, option) sequence at a time, the prompt, usually most of the tokens,
-goes through the model once per option. Here a row is `prompt + option_1 + ... + option_k`: each
-option's tokens sit at the positions they would have after the prompt alone (position ids restart at
-len(prompt)) and attend to the prompt and to their own earlier tokens only (a tree mask), so every
-option sees exactly the context it sees alone, and the prompt is computed once. On MMLU (4 options,
-prompts ~5x longer than an option) this is about 3x fewer tokens. Equal to the one-sequence-per-option
-path up to kernel rounding (tests/test_shared_prefix.py)."""
+Two kinds of sharing, both equal to the plain forward up to kernel rounding:
+
+- **A batch's common start** (a chat template, a system prompt, an instruction: 26-40 tokens of every
+  prompt of the forgetting benchmark's retained tasks, 40 of the quickstart's 71) runs on one row, and
+  its keys and values are the cache every row of the batch continues from, with positions going on
+  from it (`common_prefix_len`, `expanded_cache`). Label likelihood, validation loss, cloze options and
+  greedy generation use it (tests/test_loss.py, tests/test_families.py).
+- **Cloze options share their prompt**: cloze scoring (MMLU's option texts, multi-token labels) asks for
+  log p(option | prompt) for every option of a question. Scored one (prompt, option) sequence at a
+  time, the prompt, usually most of the tokens, goes through the model once per option. Here a row is
+  `prompt + option_1 + ... + option_k`: each option's tokens sit at the positions they would have after
+  the prompt alone (position ids restart at len(prompt)) and attend to the prompt and to their own
+  earlier tokens only (a tree mask), so every option sees exactly the context it sees alone, and the
+  prompt is computed once. On MMLU (4 options, prompts ~5x longer than an option) this is about 3x fewer
+  tokens. Equal to the one-sequence-per-option path up to kernel rounding (tests/test_families.py).
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -33,9 +43,34 @@ def supported(model: Model) -> bool:
     )
 
 
-def _row(prompt: list[int], options: list[list[int]]) -> tuple[list[int], list[int], list[int]]:
-    """(ids, position ids, segment: 0 for the prompt, k + 1 for option k) of one tree row."""
-    ids, pos, seg = list(prompt), list(range(len(prompt))), [0] * len(prompt)
+# A batch's shared leading tokens run once when there are at least this many.
+MIN_SHARED_PREFIX = 8
+
+
+def common_prefix_len(prompts: list[list[int]]) -> int:
+    """How many leading tokens all prompts share, leaving each at least one token of its own (its
+    last position is where the next token is scored)."""
+    first, limit = prompts[0], min(len(p) for p in prompts) - 1
+    n = 0
+    while n < limit and all(p[n] == first[n] for p in prompts):
+        n += 1
+    return n
+
+
+def expanded_cache(backbone: Any, prefix: list[int], rows: int) -> Any:
+    """The keys and values of `prefix`, computed on one row, seen by `rows` rows (expanded, not copied)."""
+    from transformers import DynamicCache
+
+    past = backbone(input_ids=torch.tensor([prefix]), use_cache=True).past_key_values
+    return DynamicCache(
+        ddp_cache_data=[(layer.keys.expand(rows, -1, -1, -1), layer.values.expand(rows, -1, -1, -1)) for layer in past.layers]
+    )
+
+
+def _row(prompt: list[int], options: list[list[int]], shared: int) -> tuple[list[int], list[int], list[int]]:
+    """(ids, position ids, segment: 0 for the prompt, k + 1 for option k) of one tree row; the first
+    `shared` prompt tokens are in the cache, not in the row."""
+    ids, pos, seg = prompt[shared:], list(range(shared, len(prompt))), [0] * (len(prompt) - shared)
     for k, opt in enumerate(options):
         ids += opt
         pos += range(len(prompt), len(prompt) + len(opt))
@@ -43,7 +78,7 @@ def _row(prompt: list[int], options: list[list[int]]) -> tuple[list[int], list[i
     return ids, pos, seg
 
 
-def _batch(rows: list[tuple[list[int], list[int], list[int]]], pad_id: int, sdpa: bool) -> dict[str, torch.Tensor]:
+def _batch(rows: list[tuple[list[int], list[int], list[int]]], pad_id: int, sdpa: bool, shared: int) -> dict[str, torch.Tensor]:
     width = max(len(r[0]) for r in rows)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     pos = torch.zeros((len(rows), width), dtype=torch.long)
@@ -54,6 +89,7 @@ def _batch(rows: list[tuple[list[int], list[int], list[int]]], pad_id: int, sdpa
     same = (seg[:, None, :] == 0) | (seg[:, None, :] == seg[:, :, None])  # key is prompt, or the query's own option
     allowed = causal & same & (seg[:, None, :] >= 0)
     allowed |= torch.eye(width, dtype=torch.bool)  # padding attends to itself: no empty softmax row
+    allowed = torch.cat([torch.ones(len(rows), width, shared, dtype=torch.bool), allowed], dim=2)  # the cached prompt start
     mask = allowed[:, None] if sdpa else torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)[:, None]
     return {"input_ids": ids, "position_ids": pos, "attention_mask": mask}
 
@@ -62,7 +98,8 @@ def _batch(rows: list[tuple[list[int], list[int], list[int]]], pad_id: int, sdpa
 def option_loglik(
     model: Model, prompts_ids: list[list[int]], options_ids: list[list[list[int]]], pad_id: int, batch_size: int, autocast: Autocast
 ) -> list[list[float]]:
-    """Summed log-probability of each prompt's own options, one tree row per prompt (see the module)."""
+    """Summed log-probability of each prompt's own options, one tree row per prompt, a batch's common
+    prompt start run once (see the module)."""
     model.eval()
     backbone, head = hidden_path(model)  # type: ignore[misc]  # supported() checked it
     sdpa = getattr(unwrap(model).config, "_attn_implementation", None) == "sdpa"
@@ -71,18 +108,22 @@ def option_loglik(
     order = sorted(range(len(prompts_ids)), key=sizes.__getitem__)
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
-        batch = _batch([_row(prompts_ids[i], options_ids[i]) for i in idx], pad_id, sdpa)
+        shared = common_prefix_len([prompts_ids[i] for i in idx]) if len(idx) > 1 else 0
+        shared = shared if shared >= MIN_SHARED_PREFIX else 0
+        batch = _batch([_row(prompts_ids[i], options_ids[i], shared) for i in idx], pad_id, sdpa, shared)
         rows, at, targets, owner = [], [], [], []  # which hidden state predicts which option token
         for b, i in enumerate(idx):
-            start = len(prompts_ids[i])
+            start = len(prompts_ids[i]) - shared
             for k, opt in enumerate(options_ids[i]):
-                positions = [len(prompts_ids[i]) - 1] + list(range(start, start + len(opt) - 1))
+                positions = [len(prompts_ids[i]) - shared - 1] + list(range(start, start + len(opt) - 1))
                 rows += [b] * len(opt)
                 at += positions
                 targets += opt
                 owner += [(i, k)] * len(opt)
                 start += len(opt)
         with autocast():
+            if shared:
+                batch["past_key_values"] = expanded_cache(backbone, prompts_ids[idx[0]][:shared], len(idx))
             hidden = backbone(**batch).last_hidden_state
             logp = F.log_softmax(head(hidden[torch.tensor(rows), torch.tensor(at)]).float(), dim=-1)
         tok = logp.gather(1, torch.tensor(targets)[:, None])[:, 0].tolist()
