@@ -83,7 +83,8 @@ def config(args: argparse.Namespace, method: str, seed: int, lr: float | None = 
         },
         # MMLU cloze in bf16 (95 s for 1,000 questions instead of 221 s in fp32); the new task's label
         # likelihoods stay in fp32 (score_new), where bf16 ties moved the base score by up to 2 points
-        "eval": {"batch_size": 16, "likelihood_fp32": False},
+        # batch 32: greedy generation of the retained tasks 62 -> 57 s per model (fewer decode steps)
+        "eval": {"batch_size": 32, "likelihood_fp32": False},
         "trainer": {
             "max_steps": args.steps,
             "batch_size": args.batch,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from contextlib import nullcontext
 
@@ -93,6 +94,23 @@ def test_online_ewc_accumulates_fisher(tiny_model, tok_fmt, examples):
     assert torch.allclose(ewc.fisher[name], 1.5 * first[name])
 
 
+def test_fisher_is_the_mean_of_per_sample_squared_gradients(tiny_model, tok_fmt, examples):
+    from retune.data.batching import collate
+    from retune.models.loss import token_nll
+    from retune.retention.ewc import diagonal_fisher
+
+    model = _model(tiny_model)
+    got = diagonal_fisher(model, examples[:3], tok_fmt[0].pad_token_id, contextlib.nullcontext)
+    want = {n: torch.zeros_like(p) for n, p in trainable(model)}
+    for ex in examples[:3]:
+        model.zero_grad()
+        nll, n_tok = token_nll(model, collate([ex], tok_fmt[0].pad_token_id))
+        (nll.sum() / n_tok.sum()).backward()
+        for name, p in trainable(model):
+            want[name] += p.grad.detach() ** 2 / 3
+    assert all(torch.allclose(got[n], want[n], rtol=1e-5, atol=1e-12) for n in want)
+
+
 def test_si_importance_nonnegative_and_zero_for_untouched(tiny_model, tok_fmt, examples):
     model = _model(tiny_model)
     si = SI(weight=1.0, warmup_steps=3, warmup_lr=1e-2)
@@ -125,15 +143,21 @@ def test_si_path_integral_online(tiny_model, tok_fmt, examples):
     model = _model(tiny_model)
     si = SI(weight=1.0)
     opt = torch.optim.SGD([p for _, p in trainable(model)], lr=1e-2)
+    want = {n: torch.zeros_like(p) for n, p in trainable(model)}
     for i in range(2):
         batch = collate(examples[4 * i : 4 * i + 4], tok_fmt[0].pad_token_id)
         nll, n = token_nll(model, batch)
         (nll.sum() / n.sum()).backward()
         si.before_step(model)
+        grads = {name: p.grad.detach().clone() for name, p in trainable(model)}
+        before = {name: p.detach().clone() for name, p in trainable(model)}
         opt.step()
         opt.zero_grad()
         si.after_step(model)
+        for name, p in trainable(model):  # eq. 3: -g * delta (delta = -lr * g up to the rounding of theta)
+            want[name] += -grads[name] * (p.detach() - before[name])
     assert all((w >= -1e-12).all() for w in si.omega.values())
+    assert all(torch.allclose(si.omega[n], want[n], rtol=1e-5, atol=1e-12) for n in want)
     si.consolidate(model)
     assert si.importance and all((v >= 0).all() for v in si.importance.values())
 

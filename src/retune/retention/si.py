@@ -71,12 +71,17 @@ class SI(Regularizer):
         self._grad = {n: p.grad.detach().float().clone() for n, p in trainable(model) if p.grad is not None}
 
     def after_step(self, model: Model) -> None:
+        """omega += -g * (theta - prev); prev = theta. In multi-tensor ops (one pass per operation over
+        all parameters, no per-parameter temporaries but the step's delta): this runs every step."""
         with torch.no_grad():
-            for n, p in trainable(model):
-                now = p.detach().float()
-                if n in self._grad:
-                    self.omega[n].add_(-self._grad[n] * (now - self._prev[n]))
-                self._prev[n] = now.clone()
+            params = trainable(model)
+            now = [p.detach().float() for _, p in params]
+            moved = [i for i, (n, _) in enumerate(params) if n in self._grad]
+            if moved:
+                names = [params[i][0] for i in moved]
+                delta = torch._foreach_sub([now[i] for i in moved], [self._prev[n] for n in names])
+                torch._foreach_addcmul_([self.omega[n] for n in names], [self._grad[n] for n in names], delta, value=-1.0)
+            torch._foreach_copy_([self._prev[n] for n, _ in params], now)
         self._grad = {}
 
     def prepare(self, model: Model, ctx: RetentionContext) -> None:
