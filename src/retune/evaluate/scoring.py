@@ -75,18 +75,13 @@ def _nll_shared(path: tuple[Any, Any], examples: list[Encoded], shared: int, pad
     import torch.nn.functional as F
 
     backbone, head = path
-    b = len(examples)
-    cache = shared_prefix.expanded_cache(backbone, examples[0].input_ids[:shared], b)
     batch = collate([Encoded(e.input_ids[shared:], e.labels[shared:], 0) for e in examples], pad_id)
-    own = batch["attention_mask"]
-    mask = torch.cat([torch.ones(b, shared, dtype=own.dtype), own], dim=1)
-    positions = torch.arange(shared, shared + own.shape[1]).expand(b, -1)
-    hidden = backbone(input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions, past_key_values=cache).last_hidden_state
+    hidden = shared_prefix.continued(backbone, examples[0].input_ids[:shared], batch)
     labels = batch["labels"][:, 1:]
     keep = labels != -100
     losses = F.cross_entropy(head(hidden[:, :-1][keep]).float(), labels[keep], reduction="none")
     rows = torch.nonzero(keep, as_tuple=True)[0]
-    return torch.zeros(b, dtype=torch.float32).index_add(0, rows, losses), keep.sum(dim=1)
+    return torch.zeros(len(examples), dtype=torch.float32).index_add(0, rows, losses), keep.sum(dim=1)
 
 
 @contextlib.contextmanager
@@ -279,14 +274,9 @@ def _last_logits_shared(path: tuple[Any, Any], prompts: list[list[int]], shared:
     `shared`). The same attention over the same context, so equal up to kernel rounding
     (tests/test_loss.py)."""
     backbone, head = path
-    b = len(prompts)
-    cache = shared_prefix.expanded_cache(backbone, prompts[0][:shared], b)
     batch = collate([Encoded(p[shared:], [-100] * (len(p) - shared), 0) for p in prompts], pad_id)
-    own = batch["attention_mask"]
-    mask = torch.cat([torch.ones(b, shared, dtype=own.dtype), own], dim=1)
-    positions = torch.arange(shared, shared + own.shape[1]).expand(b, -1)
-    hidden = backbone(input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions, past_key_values=cache).last_hidden_state
-    return head(hidden[torch.arange(b), own.sum(dim=1) - 1])
+    hidden = shared_prefix.continued(backbone, prompts[0][:shared], batch)
+    return head(hidden[torch.arange(len(prompts)), batch["attention_mask"].sum(dim=1) - 1])
 
 
 @torch.no_grad()

@@ -67,6 +67,17 @@ def expanded_cache(backbone: Any, prefix: list[int], rows: int) -> Any:
     )
 
 
+def continued(backbone: Any, prefix: list[int], batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Hidden states of a right-padded batch of each row's own tokens (input_ids, attention_mask)
+    that continues from `prefix`, run once as the cache every row shares; positions go on from it."""
+    b, width = batch["input_ids"].shape
+    own = batch["attention_mask"]
+    mask = torch.cat([torch.ones(b, len(prefix), dtype=own.dtype), own], dim=1)
+    positions = torch.arange(len(prefix), len(prefix) + width).expand(b, -1)
+    cache = expanded_cache(backbone, prefix, b)
+    return backbone(input_ids=batch["input_ids"], attention_mask=mask, position_ids=positions, past_key_values=cache).last_hidden_state
+
+
 def _row(prompt: list[int], options: list[list[int]], shared: int) -> tuple[list[int], list[int], list[int]]:
     """(ids, position ids, segment: 0 for the prompt, k + 1 for option k) of one tree row; the first
     `shared` prompt tokens are in the cache, not in the row."""

@@ -41,9 +41,9 @@ def diagonal_fisher(model: Model, examples: list[Encoded], pad_id: int, autocast
             nll, n_tok = token_nll(model, batch)
             loss = nll.sum() / n_tok.sum().clamp(min=1)  # log-likelihood per token of the sample
         loss.backward()
-        have = [(fisher[n], p.grad.detach().float()) for n, p in params if p.grad is not None]
-        if have:  # fisher += g * g over all parameters at once (no per-parameter temporaries)
-            torch._foreach_addcmul_([f for f, _ in have], [g for _, g in have], [g for _, g in have])
+        grads = {n: p.grad.detach().float() for n, p in params if p.grad is not None}
+        if grads:  # fisher += g * g over all parameters at once (no per-parameter temporaries)
+            torch._foreach_addcmul_([fisher[n] for n in grads], list(grads.values()), list(grads.values()))
     model.zero_grad(set_to_none=True)
     model.train(was_training)
     count = torch.tensor(float(len(examples)))

@@ -74,14 +74,12 @@ class SI(Regularizer):
         """omega += -g * (theta - prev); prev = theta. In multi-tensor ops (one pass per operation over
         all parameters, no per-parameter temporaries but the step's delta): this runs every step."""
         with torch.no_grad():
-            params = trainable(model)
-            now = [p.detach().float() for _, p in params]
-            moved = [i for i, (n, _) in enumerate(params) if n in self._grad]
+            now = {n: p.detach().float() for n, p in trainable(model)}
+            moved = [n for n in now if n in self._grad]
             if moved:
-                names = [params[i][0] for i in moved]
-                delta = torch._foreach_sub([now[i] for i in moved], [self._prev[n] for n in names])
-                torch._foreach_addcmul_([self.omega[n] for n in names], [self._grad[n] for n in names], delta, value=-1.0)
-            torch._foreach_copy_([self._prev[n] for n, _ in params], now)
+                delta = torch._foreach_sub([now[n] for n in moved], [self._prev[n] for n in moved])
+                torch._foreach_addcmul_([self.omega[n] for n in moved], [self._grad[n] for n in moved], delta, value=-1.0)
+            torch._foreach_copy_([self._prev[n] for n in now], list(now.values()))
         self._grad = {}
 
     def prepare(self, model: Model, ctx: RetentionContext) -> None:
