@@ -15,7 +15,7 @@ from retune.data.replay import ReplayBuffer, replay_mix
 from retune.data.templates import Formatter
 from retune.errors import UsageError
 from retune.retention import RetentionContext, build
-from retune.retention.common import trainable
+from retune.retention.common import quadratic_penalty, trainable
 from retune.retention.distill import Distillation
 from retune.retention.ewc import EWC
 from retune.retention.l2sp import L2SP
@@ -160,6 +160,37 @@ def test_si_path_integral_online(tiny_model, tok_fmt, examples):
     assert all(torch.allclose(si.omega[n], want[n], rtol=1e-5, atol=1e-12) for n in want)
     si.consolidate(model)
     assert si.importance and all((v >= 0).all() for v in si.importance.values())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("weighted", [True, False], ids=["ewc-si", "l2sp"])
+def test_quadratic_penalty_matches_autograd_of_the_formula(dtype, weighted):
+    """coef * sum w (theta - a)^2 in multi-tensor ops: the value and gradients autograd gives the
+    per-parameter expression, for fp32 and bf16 parameters (anchors and weights fp32)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(7, 5), torch.nn.Linear(5, 3)).to(dtype)
+    names = [n for n, _ in model.named_parameters()]
+    anchor = {n: p.detach().float() + 0.1 * torch.randn(p.shape) for n, p in model.named_parameters()}
+    weights = {n: torch.rand(p.shape) for n, p in model.named_parameters()} if weighted else None
+    if weighted:
+        del weights[names[-1]]  # a parameter without a weight is not penalised (EWC's Fisher over its parameters)
+    coef = 0.7
+    want = sum(
+        ((weights[n] if weights else 1.0) * (p.float() - anchor[n]) ** 2).sum()
+        for n, p in model.named_parameters()
+        if weights is None or n in weights
+    )
+    (coef * want).backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad(set_to_none=True)
+    got = quadratic_penalty(model, anchor, coef, weights)
+    got.backward()
+    assert got.item() == pytest.approx(coef * want.item(), rel=1e-5)
+    assert {n for n, p in model.named_parameters() if p.grad is not None} == set(expected)
+    for n, p in model.named_parameters():
+        if n in expected:
+            assert p.grad.dtype == dtype
+            torch.testing.assert_close(p.grad, expected[n], rtol=1e-5 if dtype == torch.float32 else 1e-2, atol=1e-6)
 
 
 def test_l2sp_zero_at_start_then_positive(tiny_model):

@@ -19,7 +19,7 @@ from retune.data.batching import collate
 from retune.data.templates import Encoded
 from retune.models.loss import token_nll
 from retune.retention.base import Regularizer
-from retune.retention.common import RetentionContext, nbytes, snapshot, trainable
+from retune.retention.common import RetentionContext, nbytes, quadratic_penalty, snapshot, trainable
 from retune.train.distributed import all_reduce_sum
 from retune.types import Autocast, Model
 
@@ -100,12 +100,7 @@ class EWC(Regularizer):
     def step_penalty(self, model: Model) -> torch.Tensor | None:
         if not self.fisher or self.weight == 0:
             return None
-        total = None
-        for n, p in trainable(model):
-            if n in self.fisher:
-                term = (self.fisher[n] * (p.float() - self.anchor[n]) ** 2).sum()
-                total = term if total is None else total + term
-        return None if total is None else 0.5 * self.weight * self.scale * total
+        return quadratic_penalty(model, self.anchor, 0.5 * self.weight * self.scale, self.fisher)
 
     def state_dict(self) -> dict:
         return {"fisher": self.fisher, "anchor": self.anchor, "scale": self.scale}

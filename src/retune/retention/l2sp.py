@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from retune.retention.base import Regularizer
-from retune.retention.common import RetentionContext, snapshot, trainable
+from retune.retention.common import RetentionContext, quadratic_penalty, snapshot, trainable
 from retune.types import Model
 
 if TYPE_CHECKING:
@@ -46,12 +46,7 @@ class L2SP(Regularizer):
     def step_penalty(self, model: Model) -> torch.Tensor | None:
         if not self.anchor or self.weight == 0:
             return None
-        total = None
-        for n, p in trainable(model):
-            if n in self.anchor:
-                term = ((p.float() - self.anchor[n]) ** 2).sum()
-                total = term if total is None else total + term
-        return None if total is None else 0.5 * self.weight * total
+        return quadratic_penalty(model, self.anchor, 0.5 * self.weight)
 
     def state_dict(self) -> dict:
         return {"anchor": self.anchor}
