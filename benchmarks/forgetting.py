@@ -16,6 +16,10 @@ at the --quick sizes it is also the stable one (at 1e-4 and 40 steps plain full 
 The dose, 100 steps of 8, made plain full FT forget measurably at 1e-4 in a one-seed run at the
 --quick retained sizes; at 3e-5 it forgot nothing significant there (benchmarks/results/forgetting.md).
 
+It trains and scores in bf16, so it needs a CPU with AMX or AVX512-BF16 (elsewhere bf16 matmuls are
+emulated: on an AVX2-only AMD EPYC, 0.7 against 64 GFLOP/s in fp32 for a 1024 and a 2048 square matmul) and says so before starting
+(--any-cpu runs it anyway). It runs on tcmalloc where installed, the malloc `retune train` uses.
+
 Base scores are computed once (the base model is the same for every row); each (method, seed) trains and
 scores in its own subprocess (a clean peak-RSS measure). Every change is final - base on the same
 examples; its interval is a hierarchical bootstrap (seeds, then examples, resampled), so it holds both
@@ -39,6 +43,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from retune import allocator
 
 NEW = "rotten-tomatoes"
 PROBE = "general-text"
@@ -424,9 +430,20 @@ def main() -> None:
     ap.add_argument("--plot", type=Path)
     ap.add_argument("--work", default="/tmp/retune-forgetting", help="scratch folder; finished runs are kept there and reused")
     ap.add_argument("--lock", default=None, help="a flock file held by each run (not between runs), e.g. /tmp/retune-cpu.lock")
+    ap.add_argument("--any-cpu", action="store_true", help="run on a CPU without fast bf16 (AMX / AVX512-BF16) too")
     for hidden in ("--one", "--seed-one", "--base-file", "--split", "--lr-one"):
         ap.add_argument(hidden, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    allocator.reexec()  # on the malloc `retune train` runs on (tcmalloc where installed); the children inherit it
+    from retune.models.load import bf16_fast
+
+    if not bf16_fast() and not args.any_cpu:  # bf16 without AMX / AVX512-BF16: emulated, about 90x slower than fp32
+        print(
+            "error: this CPU has no AMX or AVX512-BF16, and the benchmark trains and scores in bf16 (its timings and "
+            "scores are for such a CPU); run it on one, or pass --any-cpu to run it here anyway (for hours)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     for key, (full, quick) in SIZES.items():
         if getattr(args, key) is None:
             setattr(args, key, quick if args.quick else full)
